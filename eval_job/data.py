@@ -1,0 +1,108 @@
+"""Reading R1-V's evaluation format: one JSON object a line,
+`{"image_path": "./images/x.png", "question": "How many ...?", "ground_truth": 4}`.
+
+A bad row (malformed JSON, a missing field, a non-integer ground truth, a missing or unreadable
+image) is skipped and reported as `FILE:LINE: reason`, so one broken image cannot sink a 200-question
+run; the count of skips is part of every summary. Zero usable questions is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+
+class DataError(Exception):
+    """The question file cannot be evaluated at all."""
+
+
+@dataclass(frozen=True)
+class Question:
+    line: int
+    image: str  # as written in the file, for the results
+    image_path: Path  # resolved
+    question: str
+    ground_truth: int
+
+
+@dataclass(frozen=True)
+class Skip:
+    file: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
+
+
+def _ground_truth(value) -> int:
+    # bool is an int subclass: `true` is not a count.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    raise ValueError(f"ground_truth must be an integer, got {value!r}")
+
+
+def _check_image(path: Path) -> None:
+    if not path.is_file():
+        raise ValueError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()  # decodes the pixels: a truncated file fails here, not mid-batch
+    except Exception as e:  # PIL raises OSError, SyntaxError or ValueError depending on the codec
+        raise ValueError(f"unreadable image {path}: {e}") from e
+
+
+def _parse(raw: str, root: Path, line: int) -> Question:
+    try:
+        row = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"malformed JSON: {e.msg} at column {e.colno}") from e
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    missing = [k for k in ("image_path", "question", "ground_truth") if k not in row]
+    if missing:
+        raise ValueError(f"missing field(s): {', '.join(missing)}")
+    if not isinstance(row["question"], str) or not row["question"].strip():
+        raise ValueError("question must be a non-empty string")
+    truth = _ground_truth(row["ground_truth"])
+    image = row["image_path"]
+    if not isinstance(image, str) or not image:
+        raise ValueError("image_path must be a non-empty string")
+    image_path = Path(image) if Path(image).is_absolute() else root / image
+    _check_image(image_path)
+    return Question(line=line, image=image, image_path=image_path, question=row["question"], ground_truth=truth)
+
+
+def read_questions(path: str | Path, image_root: str | Path | None = None) -> tuple[list[Question], list[Skip]]:
+    """Usable questions and skipped rows of `path`. Relative image paths resolve against
+    `image_root`, else the file's folder. Raises DataError when nothing is usable."""
+    path = Path(path)
+    root = Path(image_root) if image_root is not None else path.parent
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise DataError(f"cannot read the question file {path}: {e.strerror or e}") from e
+    questions: list[Question] = []
+    skipped: list[Skip] = []
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue  # blank lines (e.g. a trailing newline) are not rows
+        try:
+            questions.append(_parse(raw, root, number))
+        except ValueError as e:
+            skip = Skip(str(path), number, str(e))
+            log.warning("skipped %s", skip)
+            skipped.append(skip)
+    if not questions:
+        why = (f"all {len(skipped)} rows were skipped (first: {skipped[0]})" if skipped
+               else "the file has no rows")
+        raise DataError(f"no usable questions in {path}: {why}")
+    return questions, skipped

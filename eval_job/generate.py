@@ -1,0 +1,86 @@
+"""Batched greedy generation with a Qwen2-VL-style model (AutoProcessor + AutoModelForImageTextToText).
+
+bf16 on a GPU, fp32 on CPU (bf16 matmuls are slow or unsupported on many CPUs); flash_attention_2
+when flash-attn is installed and a GPU is present, else PyTorch's sdpa. Prompts are left-padded so
+every row of a batch ends where its generation starts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from r1v_job.prompts import conversation
+
+log = logging.getLogger(__name__)
+
+# Either name marks a folder that holds a processor (transformers 5 writes processor_config.json).
+_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+
+
+def has_processor(path: str | Path) -> bool:
+    return any((Path(path) / name).is_file() for name in _PROCESSOR_FILES)
+
+
+def runtime() -> tuple[str, torch.dtype, str]:
+    """(device, dtype, attention implementation) for this machine."""
+    if torch.cuda.is_available():
+        attn = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
+        return "cuda", torch.bfloat16, attn
+    return "cpu", torch.float32, "sdpa"
+
+
+class Generator:
+    """One loaded model and processor; `generate` answers questions about images."""
+
+    def __init__(self, model_dir: str | Path, processor_dir: str | Path | None = None, *,
+                 min_pixels: int | None = None, max_pixels: int | None = None):
+        self.device, dtype, attn = runtime()
+        processor_dir = processor_dir or model_dir
+        processor = AutoProcessor.from_pretrained(processor_dir)
+        if min_pixels or max_pixels:
+            # Qwen2-VL's image processor takes the pixel budget as size={shortest,longest}_edge
+            # (the min_pixels/max_pixels kwargs are deprecated); keep the saved value for the other.
+            size = processor.image_processor.size
+            processor = AutoProcessor.from_pretrained(processor_dir, size={
+                "shortest_edge": min_pixels or size["shortest_edge"],
+                "longest_edge": max_pixels or size["longest_edge"],
+            })
+        processor.tokenizer.padding_side = "left"
+        self.processor = processor
+        self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn)
+        self.model.to(self.device).eval()
+        log.info("loaded %s on %s (%s, %s)", model_dir, self.device, dtype, attn)
+
+    @torch.inference_mode()
+    def generate(self, images: list[Path], questions: list[str], template: str, max_new_tokens: int) -> list[str]:
+        """One decoded completion per (image, question); `template` is one of r1v_job.prompts'."""
+        texts = [self.processor.apply_chat_template(conversation(q, template), tokenize=False,
+                                                    add_generation_prompt=True) for q in questions]
+        pictures = []
+        for path in images:
+            with Image.open(path) as image:
+                pictures.append(image.convert("RGB"))
+        inputs = self.processor(text=texts, images=pictures, padding=True, return_tensors="pt").to(self.device)
+        tokenizer = self.processor.tokenizer
+        # Greedy: do_sample=False, and the sampling knobs some checkpoints ship (Qwen2-VL's
+        # temperature/top_p/top_k) are cleared so they are neither applied nor warned about.
+        output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                                     top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
+        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        return self.processor.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+def load_generator(model_dir: str | Path, fallback_processor_dir: str | Path | None = None, *,
+                   min_pixels: int | None = None, max_pixels: int | None = None) -> Generator:
+    """A Generator for `model_dir`; a checkpoint saved without its processor borrows the final
+    model's (`fallback_processor_dir`)."""
+    processor_dir = model_dir
+    if not has_processor(model_dir) and fallback_processor_dir and has_processor(fallback_processor_dir):
+        processor_dir = fallback_processor_dir
+    return Generator(model_dir, processor_dir, min_pixels=min_pixels, max_pixels=max_pixels)

@@ -1,0 +1,3 @@
+from .grpo import main
+
+main()

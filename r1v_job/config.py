@@ -1,0 +1,57 @@
+"""The recipe's script fields, beside TRL's GRPOConfig and ModelConfig (one YAML holds all three)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import ScriptArguments
+
+
+@dataclass
+class R1VScriptArguments(ScriptArguments):
+    """R1-V's data, rewards and the job's operational settings.
+
+    Inherits `dataset_name`, `dataset_config`, `dataset_train_split` from TRL's ScriptArguments.
+    """
+
+    image_root: str | None = field(
+        default=None,
+        metadata={"help": "Folder that relative image paths of a jsonl data set resolve against (default: the "
+                          "jsonl's folder)."},
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N rows of the training split."}
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["accuracy_reward", "format_reward"],
+        metadata={"help": "Reward functions by name from r1v_job.rewards.REWARD_FUNCS; their sum is the reward."},
+    )
+    min_pixels: int = field(default=3136, metadata={"help": "Qwen2-VL processor min_pixels (R1-V: 3136)."})
+    max_pixels: int = field(default=401408, metadata={"help": "Qwen2-VL processor max_pixels (R1-V: 401408)."})
+    metrics_port: int = field(
+        default=8000,
+        metadata={"help": "Port of the Prometheus /metrics endpoint served by the rank-0 process; 0 disables it."},
+    )
+    auto_resume: bool = field(
+        default=True,
+        metadata={"help": "Resume from the newest complete checkpoint in output_dir, skipping half-written ones."},
+    )
+    completion_marker: str = field(
+        default="training_complete.json",
+        metadata={"help": "File written in output_dir once the final model is saved; the evaluator waits on it."},
+    )
+    offline_bootstrap: bool = field(
+        default=False,
+        metadata={"help": "Laptop/CI runs: when model_name_or_path or dataset_name does not exist, build a tiny "
+                          "Qwen2-VL there (r1v_job.tiny) and synthetic CLEVR-like scenes (r1v_job.synthetic)."},
+    )
+    bootstrap_scenes: int = field(default=64, metadata={"help": "Scenes drawn by offline_bootstrap."})
+
+
+def step_batch(args, world_size: int) -> tuple[int, int]:
+    """(prompts, rollouts) per optimizer step for GRPOConfig `args` on `world_size` processes.
+
+    TRL's per_device_train_batch_size counts completions; each prompt has num_generations of them.
+    """
+    rollouts = args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size
+    return rollouts // args.num_generations, rollouts

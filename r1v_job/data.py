@@ -1,0 +1,114 @@
+"""Training data in the CLEVR-70k schema (`image`, `problem`, `solution`), from wherever it lives.
+
+`dataset_name` may be a Hub id (leonardPKU/clevr_cogen_a_train), a `datasets.save_to_disk` folder,
+parquet files (a file, a glob, or a folder of them) or a jsonl whose `image` holds paths (relative
+ones resolve against `image_root`, else the jsonl's folder). Rows TRL could not train on (an image
+that does not decode, a solution without a number) are dropped up front, counted and logged: one
+bad row must not stop a 70k-row run half way, and an empty result is an error that says why.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from pathlib import Path
+
+import datasets
+from PIL import Image
+
+from .prompts import TRAIN_PROMPT
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("image", "problem", "solution")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_SHOWN_REASONS = 5
+
+
+class DataError(ValueError):
+    """The training data cannot be used; the message names the source and the reason."""
+
+
+def _load_raw(source: str, split: str, config: str | None, image_root: str | None) -> datasets.Dataset:
+    path = Path(source)
+    if path.suffix == ".jsonl" or path.suffix == ".json":
+        if not path.is_file():
+            raise DataError(f"dataset_name {source}: no such file")
+        ds = datasets.load_dataset("json", data_files=str(path), split="train")
+        root = Path(image_root) if image_root else path.parent
+        if "image" in ds.column_names:
+            # Relative paths resolve against image_root or the jsonl's folder, like R1-V's eval files.
+            ds = ds.map(lambda row: {"image": None if row["image"] is None else str(root / row["image"])})
+        return ds
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        loaded = datasets.load_from_disk(str(path))
+        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    if path.suffix == ".parquet" or "*" in source or (path.is_dir() and any(path.rglob("*.parquet"))):
+        files = str(path / "**" / "*.parquet") if path.is_dir() else source
+        return datasets.load_dataset("parquet", data_files=files, split="train")
+    if path.exists():
+        raise DataError(f"dataset_name {source}: not a jsonl file, a save_to_disk folder or parquet files")
+    # Anything else is a Hub id (or a local dataset script folder), loaded the usual way.
+    return datasets.load_dataset(source, config, split=split)
+
+
+def _image_problem(image) -> str | None:
+    """Why `image` (a path, {"bytes","path"} or PIL image) cannot be used, or None when it decodes."""
+    try:
+        if image is None:
+            return "no image"
+        if isinstance(image, Image.Image):
+            return None
+        if isinstance(image, dict):
+            data = image.get("bytes")
+            image = io.BytesIO(data) if data else image.get("path")
+            if image is None:
+                return "no image"
+        with Image.open(image) as im:
+            im.verify()  # reads the whole file and checks its integrity, without decoding pixels
+        return None
+    except Exception as exc:  # PIL raises many types for bad files; every one makes the row unusable
+        return f"unreadable image ({type(exc).__name__}: {exc})"
+
+
+def _solution_problem(solution) -> str | None:
+    if not isinstance(solution, str) or not solution.strip():
+        return "missing solution"
+    if not _NUMBER.search(solution):
+        return f"non-numeric solution {solution!r}"
+    return None
+
+
+def load_train_dataset(source: str, split: str = "train", config: str | None = None,
+                       image_root: str | None = None, max_samples: int | None = None,
+                       prompt_template: str = TRAIN_PROMPT) -> datasets.Dataset:
+    """The usable rows of `source`, with a conversational `prompt` column and decoded `image`s."""
+    ds = _load_raw(source, split, config, image_root)
+    missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
+    if missing:
+        raise DataError(f"dataset_name {source}: missing columns {missing} (has {ds.column_names}); "
+                        f"expected the CLEVR-70k schema {list(REQUIRED_COLUMNS)}")
+    if max_samples is not None:
+        ds = ds.select(range(min(max_samples, len(ds))))
+    # Check files without decoding pixels: the Image feature's raw form is {"bytes", "path"}.
+    if isinstance(ds.features["image"], datasets.Image):
+        ds = ds.cast_column("image", datasets.Image(decode=False))
+
+    keep, reasons = [], []
+    for i, row in enumerate(ds):
+        reason = _solution_problem(row["solution"]) or _image_problem(row["image"])
+        if reason:
+            reasons.append(f"row {i}: {reason}")
+        else:
+            keep.append(i)
+    if reasons:
+        logger.warning("dataset %s: dropped %d of %d rows; first reasons: %s", source, len(reasons), len(ds),
+                       "; ".join(reasons[:_SHOWN_REASONS]))
+    if not keep:
+        raise DataError(f"dataset_name {source}: no usable rows out of {len(ds)}"
+                        + (f"; first reasons: {'; '.join(reasons[:_SHOWN_REASONS])}" if reasons else ""))
+    ds = ds.select(keep).cast_column("image", datasets.Image(decode=True))
+    # TRL inserts the image placeholder before the text of the first user turn from the `image` column.
+    return ds.map(lambda row: {"prompt": [{"role": "user",
+                                           "content": prompt_template.format(Question=row["problem"])}]})

@@ -1,0 +1,162 @@
+"""Synthetic counting scenes: a CLEVR-like train split and a SuperCLEVR-like held-out split.
+
+    python -m r1v_job.synthetic --out runs/scenes [--train 256 --test 64 --size 112 --seed 0]
+
+writes, with no network and deterministically for a seed:
+- `OUT/clevr/train.jsonl` + `OUT/clevr/images/`: the CLEVR-70k schema, one row per scene:
+  {"image": "images/clevr_000000.png", "problem": "How many items are there in the image?",
+   "solution": "<answer> 3 </answer>"};
+- `OUT/superclevr/questions.jsonl` + `OUT/superclevr/images/`: R1-V's SuperCLEVR eval format:
+  {"image_path": "./images/superclevr_000000.png", "question": "How many different items are there
+   in the image?", "ground_truth": 4}.
+
+The held-out style differs from the train style in shapes, colours and sizes (and, by default, in
+the range of object counts), as SuperCLEVR's vehicles differ from CLEVR's primitives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+CLEVR_QUESTION = "How many items are there in the image?"
+SUPERCLEVR_QUESTION = "How many different items are there in the image?"
+
+
+@dataclass(frozen=True)
+class SceneStyle:
+    """What a family of scenes looks like."""
+
+    name: str
+    shapes: tuple[str, ...]
+    colours: tuple[tuple[int, int, int], ...]
+    radius: tuple[float, float]  # object radius as a fraction of the image side, min..max
+    counts: tuple[int, int]  # inclusive range of objects per scene
+    background: tuple[int, int, int]
+
+
+# CLEVR: cubes, spheres, cylinders in CLEVR's eight colours, two sizes, on grey.
+CLEVR_STYLE = SceneStyle(
+    name="clevr",
+    shapes=("cube", "sphere", "cylinder"),
+    colours=((87, 87, 87), (173, 35, 35), (42, 75, 215), (29, 105, 20),
+             (129, 74, 25), (129, 38, 192), (41, 208, 208), (255, 238, 51)),
+    radius=(0.06, 0.10),
+    counts=(1, 6),
+    background=(128, 128, 128),
+)
+# SuperCLEVR-like: other shapes, other colours, other sizes, more objects, a lighter floor.
+SUPERCLEVR_STYLE = SceneStyle(
+    name="superclevr",
+    shapes=("triangle", "diamond", "cross"),
+    colours=((255, 140, 0), (255, 105, 180), (245, 245, 245), (20, 20, 20), (0, 128, 128)),
+    radius=(0.045, 0.075),
+    counts=(3, 10),
+    background=(176, 170, 160),
+)
+
+
+def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, colour) -> None:
+    if shape == "sphere":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+    elif shape == "cube":
+        draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=colour)
+    elif shape == "cylinder":  # a side view: a body with an elliptic top
+        draw.rectangle([cx - r, cy - r * 0.6, cx + r, cy + r], fill=colour)
+        draw.ellipse([cx - r, cy - r, cx + r, cy - r * 0.2], fill=tuple(min(255, c + 40) for c in colour))
+    elif shape == "triangle":
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+    elif shape == "diamond":
+        draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=colour)
+    elif shape == "cross":
+        w = r / 2.5
+        draw.rectangle([cx - r, cy - w, cx + r, cy + w], fill=colour)
+        draw.rectangle([cx - w, cy - r, cx + w, cy + r], fill=colour)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+
+
+def draw_scene(style: SceneStyle, count: int, size: int, rng: random.Random) -> Image.Image:
+    """`count` non-overlapping objects of `style` on a `size`x`size` image."""
+    image = Image.new("RGB", (size, size), style.background)
+    draw = ImageDraw.Draw(image)
+    placed: list[tuple[float, float, float]] = []
+    attempts = 0
+    while len(placed) < count:
+        attempts += 1
+        if attempts > 10_000:
+            raise ValueError(f"cannot place {count} objects of style {style.name} on a {size}px image")
+        r = rng.uniform(*style.radius) * size
+        cx, cy = rng.uniform(r + 1, size - r - 1), rng.uniform(r + 1, size - r - 1)
+        # Keep a gap between objects so every object stays countable.
+        if all((cx - x) ** 2 + (cy - y) ** 2 > (r + q + 2) ** 2 for x, y, q in placed):
+            placed.append((cx, cy, r))
+            _draw(draw, rng.choice(style.shapes), cx, cy, r, rng.choice(style.colours))
+    return image
+
+
+def write_split(out: Path, style: SceneStyle, n: int, size: int, seed: int):
+    """Draw `n` scenes of `style`; yields (relative image path, count)."""
+    rng = random.Random(f"{style.name}-{seed}")
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        count = rng.randint(*style.counts)
+        rel = f"images/{style.name}_{i:06d}.png"
+        draw_scene(style, count, size, rng).save(out / rel)
+        yield rel, count
+
+
+def write_clevr_train(out: str | Path, n: int, size: int = 112, seed: int = 0,
+                      style: SceneStyle = CLEVR_STYLE) -> Path:
+    """CLEVR-70k schema: image, problem, solution. Returns the jsonl path."""
+    out = Path(out)
+    rows = [{"image": rel, "problem": CLEVR_QUESTION, "solution": f"<answer> {count} </answer>"}
+            for rel, count in write_split(out, style, n, size, seed)]
+    path = out / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def write_superclevr_eval(out: str | Path, n: int, size: int = 112, seed: int = 0,
+                          style: SceneStyle = SUPERCLEVR_STYLE) -> Path:
+    """R1-V's SuperCLEVR eval format: image_path, question, ground_truth. Returns the jsonl path."""
+    out = Path(out)
+    rows = [{"image_path": f"./{rel}", "question": SUPERCLEVR_QUESTION, "ground_truth": count}
+            for rel, count in write_split(out, style, n, size, seed)]
+    path = out / "questions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _range(text: str) -> tuple[int, int]:
+    lo, _, hi = text.partition("-")
+    return int(lo), int(hi or lo)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--train", type=int, default=256, help="CLEVR-like training scenes")
+    parser.add_argument("--test", type=int, default=64, help="SuperCLEVR-like held-out scenes")
+    parser.add_argument("--size", type=int, default=112, help="image side in pixels")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-counts", type=_range, default=CLEVR_STYLE.counts, help="e.g. 1-6")
+    parser.add_argument("--test-counts", type=_range, default=SUPERCLEVR_STYLE.counts, help="e.g. 3-10")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    from dataclasses import replace
+
+    train = write_clevr_train(out / "clevr", args.train, args.size, args.seed,
+                              replace(CLEVR_STYLE, counts=args.train_counts))
+    test = write_superclevr_eval(out / "superclevr", args.test, args.size, args.seed,
+                                 replace(SUPERCLEVR_STYLE, counts=args.test_counts))
+    print(f"wrote {args.train} train scenes to {train} and {args.test} held-out scenes to {test}")
+
+
+if __name__ == "__main__":
+    main()
