@@ -1,0 +1,133 @@
+"""Fill the shared volume with what a run needs, then write the marker the training pods wait for.
+
+Runs in the evaluator image (it has huggingface_hub) as the chart's data-prep Job:
+  * the model snapshot (e.g. Qwen/Qwen2-VL-2B-Instruct) -> --model-dir
+  * the CLEVR-70k dataset snapshot (parquet files)      -> --dataset-dir
+  * SuperCLEVR-200: the question file and, out of SuperCLEVR's images.zip, only the images the
+    questions name                                        -> --superclevr-dir/{FILE.jsonl, images/}
+
+Every step is idempotent: a Job retry (or a later release on the same volume) skips what is there.
+Part of the r1v chart; shipped to the pod through a ConfigMap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import posixpath
+import shutil
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from pathlib import Path
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    # A pod killed mid-write must never leave a file that later looks complete.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def fetch(url: str, dest: Path) -> Path:
+    """Download url to dest unless dest already exists (downloads go to a temp name first)."""
+    if dest.exists():
+        print(f"have {dest}", flush=True)
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    print(f"downloading {url} -> {dest}", flush=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    try:
+        with urllib.request.urlopen(url, timeout=120) as response, os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(response, out, length=1 << 20)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return dest
+
+
+def needed_images(questions: Path) -> set[str]:
+    """File names of the images the question file refers to ("./images/X.png" -> "X.png")."""
+    names = set()
+    for line in questions.read_text().splitlines():
+        if line.strip():
+            names.add(posixpath.basename(json.loads(line)["image_path"]))
+    return names
+
+
+def extract_images(archive: Path, names: set[str], images_dir: Path) -> None:
+    """Extract only `names` from the archive into images_dir, whatever folder they sit in there."""
+    missing = {n for n in names if not (images_dir / n).exists()}
+    if not missing:
+        print(f"have all {len(names)} images in {images_dir}", flush=True)
+        return
+    images_dir.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            name = posixpath.basename(info.filename)
+            if name in missing and not info.is_dir():
+                _atomic_write(images_dir / name, zf.read(info))
+                missing.discard(name)
+    if missing:
+        raise SystemExit(f"{archive} lacks {len(missing)} images the questions need, e.g. {sorted(missing)[:3]}")
+
+
+def prepare_superclevr(questions_url: str, images_url: str, out_dir: Path, keep_zip: bool = False) -> Path:
+    questions = fetch(questions_url, out_dir / posixpath.basename(questions_url))
+    names = needed_images(questions)
+    images_dir = out_dir / "images"
+    if all((images_dir / n).exists() for n in names):
+        print(f"have all {len(names)} SuperCLEVR images", flush=True)
+        return questions
+    archive = fetch(images_url, out_dir / posixpath.basename(images_url))
+    extract_images(archive, names, images_dir)
+    if not keep_zip:
+        archive.unlink()  # several GB, of which the 200 images used are a few MB
+    return questions
+
+
+def snapshot(repo_id: str, dest: Path, repo_type: str) -> None:
+    # Imported here so the SuperCLEVR part works (and is testable) without the Hub client.
+    from huggingface_hub import snapshot_download
+
+    print(f"downloading {repo_type} {repo_id} -> {dest}", flush=True)
+    snapshot_download(repo_id=repo_id, repo_type=repo_type, local_dir=str(dest),
+                      token=os.environ.get("HF_TOKEN") or None)
+
+
+def write_marker(marker: Path, contents: dict) -> None:
+    contents = dict(contents, finished_at=datetime.datetime.now(datetime.timezone.utc).isoformat())
+    _atomic_write(marker, (json.dumps(contents, indent=2) + "\n").encode())
+    print(f"wrote {marker}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-id", required=True)
+    p.add_argument("--model-dir", type=Path, required=True)
+    p.add_argument("--dataset-id", required=True)
+    p.add_argument("--dataset-dir", type=Path, required=True)
+    p.add_argument("--superclevr-questions-url", required=True)
+    p.add_argument("--superclevr-images-url", required=True)
+    p.add_argument("--superclevr-dir", type=Path, required=True)
+    p.add_argument("--marker", type=Path, required=True)
+    p.add_argument("--keep-zip", action="store_true")
+    a = p.parse_args(argv)
+
+    snapshot(a.model_id, a.model_dir, "model")
+    snapshot(a.dataset_id, a.dataset_dir, "dataset")
+    questions = prepare_superclevr(a.superclevr_questions_url, a.superclevr_images_url, a.superclevr_dir,
+                                   keep_zip=a.keep_zip)
+    write_marker(a.marker, {"model": str(a.model_dir), "dataset": str(a.dataset_dir),
+                            "superclevr_questions": str(questions)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

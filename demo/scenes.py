@@ -1,0 +1,114 @@
+"""Stage 1: the demo's seeded scene splits, drawn with r1v_job.synthetic.
+
+Four disjoint splits, each from its own seed so that no image is shared between them:
+
+- warmup:  CLEVR-like scenes whose answers are *rough* counts (see `rough_count`); they teach the
+           random-init model the answer format and rough counting, i.e. they make the "Instruct"
+           starting point.
+- train:   CLEVR-like scenes in the CLEVR-70k schema (image, problem, solution); GRPO trains on them,
+           and the SFT control trains on exactly the rows GRPO saw, with exact answers.
+- eval_id: CLEVR-like held-out scenes in R1-V's eval format (in-distribution check).
+- eval_ood: SuperCLEVR-like held-out scenes in R1-V's eval format (the headline, as in R1-V).
+
+The held-out style differs from the training style in shapes, colours, object sizes and the range
+of counts; it keeps CLEVR's floor colour, because SuperCLEVR is rendered with CLEVR's own scene
+generator (same floor and lighting), only its objects differ.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from r1v_job.synthetic import (CLEVR_QUESTION, CLEVR_STYLE, SUPERCLEVR_QUESTION, SUPERCLEVR_STYLE, SceneStyle,
+                               write_split)
+
+# Scenes are small on purpose: at 56 px a Qwen2-VL image is 2x2 merged patches = 4 visual tokens,
+# which keeps every forward pass (SFT, rollouts, evaluation) cheap on 2 CPU cores.
+DEFAULT_SIZE = 56
+
+
+def train_style(counts: tuple[int, int]) -> SceneStyle:
+    return replace(CLEVR_STYLE, counts=counts)
+
+
+def heldout_style(counts: tuple[int, int]) -> SceneStyle:
+    # Other shapes, colours and sizes than training (r1v_job.synthetic's SuperCLEVR-like style),
+    # on CLEVR's floor (see the module docstring).
+    return replace(SUPERCLEVR_STYLE, counts=counts, background=CLEVR_STYLE.background)
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    size: int = DEFAULT_SIZE
+    seed: int = 0
+    warmup: int = 1000
+    train: int = 1000
+    eval_id: int = 200
+    eval_ood: int = 200
+    train_counts: tuple[int, int] = (1, 6)
+    ood_counts: tuple[int, int] = (2, 6)
+    # Share of warm-up answers off by one (either way): the starting model should count roughly.
+    warmup_noise: float = 0.4
+
+
+@dataclass(frozen=True)
+class Scenes:
+    warmup: Path  # jsonl: image, problem, solution, count, answer (the rough count taught)
+    train: Path  # jsonl, CLEVR-70k schema
+    eval_id: Path  # jsonl, R1-V eval format
+    eval_ood: Path  # jsonl, R1-V eval format
+
+
+def rough_count(count: int, noise: float, lo: int, hi: int, rng: random.Random) -> int:
+    """`count`, or with probability `noise` a neighbour (count-1 or count+1) kept inside [lo, hi]."""
+    if rng.random() >= noise:
+        return count
+    options = [c for c in (count - 1, count + 1) if lo <= c <= hi]
+    return rng.choice(options) if options else count
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _eval_rows(folder: Path, style: SceneStyle, n: int, size: int, seed: int, question: str) -> list[dict]:
+    return [{"image_path": f"./{rel}", "question": question, "ground_truth": count}
+            for rel, count in write_split(folder, style, n, size, seed)]
+
+
+def write_scenes(out: str | Path, cfg: SceneConfig = SceneConfig()) -> Scenes:
+    """Draw every split under `out` (deterministic for `cfg`); reuses a complete earlier draw."""
+    out = Path(out)
+    manifest = out / "scenes.json"
+    paths = Scenes(warmup=out / "warmup" / "data.jsonl", train=out / "train" / "train.jsonl",
+                   eval_id=out / "eval_id" / "questions.jsonl", eval_ood=out / "eval_ood" / "questions.jsonl")
+    wanted = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+    if manifest.is_file() and json.loads(manifest.read_text()) == wanted:
+        return paths
+
+    # Distinct seeds per split: write_split seeds its generator with (style name, seed).
+    seeds = {name: cfg.seed * 10 + i for i, name in enumerate(("warmup", "train", "eval_id", "eval_ood"))}
+    style = train_style(cfg.train_counts)
+
+    lo, hi = cfg.train_counts
+    noise_rng = random.Random(f"warmup-noise-{cfg.seed}")
+    warm = []
+    for rel, count in write_split(paths.warmup.parent, style, cfg.warmup, cfg.size, seeds["warmup"]):
+        warm.append({"image": rel, "problem": CLEVR_QUESTION, "count": count,
+                     "answer": rough_count(count, cfg.warmup_noise, lo, hi, noise_rng)})
+    _write_jsonl(paths.warmup, warm)
+
+    train = [{"image": rel, "problem": CLEVR_QUESTION, "solution": f"<answer> {count} </answer>"}
+             for rel, count in write_split(paths.train.parent, style, cfg.train, cfg.size, seeds["train"])]
+    _write_jsonl(paths.train, train)
+
+    _write_jsonl(paths.eval_id, _eval_rows(paths.eval_id.parent, style, cfg.eval_id, cfg.size, seeds["eval_id"],
+                                           CLEVR_QUESTION))
+    _write_jsonl(paths.eval_ood, _eval_rows(paths.eval_ood.parent, heldout_style(cfg.ood_counts), cfg.eval_ood,
+                                            cfg.size, seeds["eval_ood"], SUPERCLEVR_QUESTION))
+    manifest.write_text(json.dumps(wanted, indent=2) + "\n")  # last: its presence means the draw is complete
+    return paths

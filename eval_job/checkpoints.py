@@ -1,0 +1,70 @@
+"""What to score: every complete `checkpoint-N/` in step order, then the final model.
+
+The trainer writes checkpoints in transformers' layout; one is complete once its
+`trainer_state.json` exists (written last), so a half-written checkpoint is never scored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+MARKER = "training_complete.json"
+FINAL = "final"
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str  # "checkpoint-N" or "final": the `checkpoint` grouping label and the output folder
+    path: Path
+    step: int
+
+
+def _global_step(path: Path) -> int | None:
+    try:
+        step = json.loads(path.read_text())["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return step if isinstance(step, int) else None
+
+
+def find_checkpoints(directory: str | Path) -> list[Target]:
+    """Complete checkpoint-N folders of `directory`, in step order."""
+    found = []
+    for child in Path(directory).iterdir():
+        match = CHECKPOINT_DIR.match(child.name)
+        if not match or not child.is_dir():
+            continue
+        if not (child / "trainer_state.json").is_file():
+            log.info("skipping %s: no trainer_state.json yet (incomplete checkpoint)", child)
+            continue
+        step = _global_step(child / "trainer_state.json")
+        found.append(Target(child.name, child, step if step is not None else int(match.group(1))))
+    return sorted(found, key=lambda t: t.step)
+
+
+def final_step(model_dir: Path, checkpoints: list[Target]) -> int:
+    """The final model's step: the completion marker's, else the trainer state's, else the last
+    checkpoint's, else 0 (a base model that was never trained)."""
+    for name in (MARKER, "trainer_state.json"):
+        step = _global_step(model_dir / name)
+        if step is not None:
+            return step
+    return checkpoints[-1].step if checkpoints else 0
+
+
+def find_targets(model_dir: str | Path, checkpoints_dir: str | Path | None = None) -> list[Target]:
+    """Checkpoints (when `checkpoints_dir` is given) in step order, then the final model."""
+    model_dir = Path(model_dir)
+    targets = find_checkpoints(checkpoints_dir) if checkpoints_dir else []
+    if (model_dir / "config.json").is_file():
+        targets.append(Target(FINAL, model_dir, final_step(model_dir, targets)))
+    elif targets:
+        log.warning("no final model in %s (no config.json): scoring the checkpoints only", model_dir)
+    return targets

@@ -1,0 +1,178 @@
+"""`python -m eval_job` / `r1v-eval`: wait for training, score every checkpoint and the final model,
+write the results, push the scores.
+
+Exit codes: 0 done; 1 bad input or nothing to evaluate; 2 bad arguments; 3 the awaited training job
+failed; 4 timed out waiting for training; 5 results written but the Pushgateway push failed (rerun
+to push them without evaluating again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from eval_job import metrics
+from eval_job.checkpoints import FINAL, Target, find_targets
+from eval_job.data import DataError, read_questions
+from eval_job.evaluate import evaluate_target, write_atomically
+from eval_job.wait import TrainingFailed, WaitTimeout, parse_wait_for, wait_for_marker, wait_for_pytorchjob
+from r1v_job.prompts import EVAL_PROMPTS
+
+log = logging.getLogger("eval_job")
+
+EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_TRAINING_FAILED, EXIT_WAIT_TIMEOUT, EXIT_PUSH_FAILED = 0, 1, 2, 3, 4, 5
+INDEX = "scores.json"
+
+
+def _prompts(values: list[str] | None) -> list[str]:
+    names: list[str] = []
+    for value in values or ["cot"]:
+        for name in filter(None, (v.strip() for v in value.split(","))):
+            if name not in EVAL_PROMPTS:
+                raise argparse.ArgumentTypeError(f"unknown prompt {name!r}: choose from {', '.join(EVAL_PROMPTS)}")
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="eval_job", description="Score a model (and its checkpoints) on "
+                                "SuperCLEVR-format counting questions; push the scores to a Pushgateway.")
+    p.add_argument("--model", help="final model folder (default: --checkpoints DIR, where the trainer saves it)")
+    p.add_argument("--data", required=True, help="questions, one {image_path, question, ground_truth} a line")
+    p.add_argument("--image-root", help="folder relative image paths resolve against (default: the file's folder)")
+    p.add_argument("--out", required=True, help="results folder: OUT/<checkpoint>/<prompt>/{results.jsonl,summary.json}")
+    p.add_argument("--prompt", action="append", metavar="cot|train|direct",
+                   help="prompt(s) to score with; repeatable or comma-separated (default: cot)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--min-pixels", type=int, help="image processor pixel floor (default: the model's)")
+    p.add_argument("--max-pixels", type=int, help="image processor pixel cap (default: the model's)")
+    p.add_argument("--max-new-tokens", type=int, default=1024,
+                   help="generation budget; an answer cut off by it counts as a parse failure")
+    p.add_argument("--checkpoints", help="training output folder: score each complete checkpoint-N, then the final model")
+    p.add_argument("--wait-for", metavar="pytorchjob/NAME|marker",
+                   help="before evaluating, wait for the PyTorchJob to succeed, or for training_complete.json")
+    p.add_argument("--namespace", help="PyTorchJob namespace (default: the pod's, else the kubeconfig's)")
+    p.add_argument("--timeout", type=float, default=86400.0, help="seconds to wait for training (default: 1 day)")
+    p.add_argument("--poll-interval", type=float, default=15.0, help="seconds between checks while waiting")
+    p.add_argument("--pushgateway", metavar="URL", help="Pushgateway to push r1v_eval_* to (default: no push)")
+    p.add_argument("--run", help="`run` grouping label (default: the job name, else the output folder's name)")
+    p.add_argument("--benchmark", default="superclevr", help="`benchmark` label of the scores")
+    p.add_argument("--push-attempts", type=int, default=5)
+    p.add_argument("--push-backoff", type=float, default=2.0, help="seconds before the first retry; doubles after")
+    args = p.parse_args(argv)
+    if not (args.model or args.checkpoints):
+        p.error("one of --model or --checkpoints is required")
+    try:
+        args.prompt = _prompts(args.prompt)
+        args.wait = parse_wait_for(args.wait_for) if args.wait_for else None
+    except (argparse.ArgumentTypeError, ValueError) as e:
+        p.error(str(e))
+    if args.batch_size < 1 or args.max_new_tokens < 1:
+        p.error("--batch-size and --max-new-tokens must be positive")
+    return args
+
+
+def _loader(args: argparse.Namespace, model_dir: Path):
+    def load(target: Target):
+        from eval_job import generate  # torch and transformers load only when there is work
+
+        return generate.load_generator(target.path, model_dir, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+
+    return load
+
+
+def _wait(args: argparse.Namespace, model_dir: Path, run: str) -> int:
+    kind, name = args.wait
+    try:
+        if kind == "marker":
+            wait_for_marker(Path(args.checkpoints or model_dir), args.timeout, args.poll_interval)
+        else:
+            wait_for_pytorchjob(name, args.namespace, args.timeout, args.poll_interval)
+    except WaitTimeout as e:
+        log.error("%s", e)
+        return EXIT_WAIT_TIMEOUT
+    except TrainingFailed as e:
+        log.error("%s; nothing to evaluate", e)
+        if args.pushgateway:
+            # Grouped as the run's final model: the run's end result is this failure, and a later
+            # successful evaluation of the run replaces it.
+            try:
+                metrics.push(args.pushgateway, metrics.failure_registry(e.reason), {"run": run, "checkpoint": FINAL},
+                             attempts=args.push_attempts, backoff=args.push_backoff)
+            except metrics.PushError as pe:
+                log.error("%s", pe)
+        return EXIT_TRAINING_FAILED
+    return EXIT_OK
+
+
+def run(args: argparse.Namespace) -> int:
+    model_dir = Path(args.model or args.checkpoints)
+    out = Path(args.out)
+    run_name = args.run or (args.wait[1] if args.wait and args.wait[1] else None) \
+        or Path(args.checkpoints or model_dir).resolve().name
+    # The question file is checked before waiting: a typo should fail in seconds, not after training.
+    try:
+        questions, skipped = read_questions(args.data, args.image_root)
+    except DataError as e:
+        log.error("%s", e)
+        return EXIT_INPUT
+    if skipped:
+        log.warning("%d of %d rows skipped (listed above and in each summary.json)", len(skipped),
+                    len(skipped) + len(questions))
+    if args.wait and (code := _wait(args, model_dir, run_name)) != EXIT_OK:
+        return code
+
+    targets = find_targets(model_dir, args.checkpoints)
+    if not targets:
+        log.error("nothing to evaluate: no model (config.json) in %s and no complete checkpoint-N in %s",
+                  model_dir, args.checkpoints)
+        return EXIT_INPUT
+    base_settings = {"data": str(Path(args.data).resolve()), "benchmark": args.benchmark,
+                     "max_new_tokens": args.max_new_tokens, "min_pixels": args.min_pixels,
+                     "max_pixels": args.max_pixels}
+    load = _loader(args, model_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    index: list[dict] = []
+    evaluated = 0
+    push_error: metrics.PushError | None = None
+    for target in targets:
+        summaries, now = evaluate_target(target, questions, skipped, args.prompt, out, benchmark=args.benchmark,
+                                         base_settings=base_settings, batch_size=args.batch_size,
+                                         max_new_tokens=args.max_new_tokens, load=load)
+        evaluated += now
+        index += [{k: s[k] for k in ("checkpoint", "step", "benchmark", "prompt", "accuracy", "evaluated",
+                                     "skipped", "parse_failures")} for s in summaries]
+        write_atomically(out / INDEX, json.dumps(index, indent=2) + "\n")
+        # Pushed per checkpoint so Grafana fills in while a long evaluation runs. After one failed
+        # push (retries included) the gateway is taken as down: the rest is evaluated, not pushed.
+        if args.pushgateway and push_error is None:
+            try:
+                metrics.push(args.pushgateway, metrics.scores_registry(summaries, target.step),
+                             {"run": run_name, "checkpoint": target.name},
+                             attempts=args.push_attempts, backoff=args.push_backoff)
+            except metrics.PushError as e:
+                push_error = e
+    log.info("evaluated %d (checkpoint, prompt) pairs, reused %d from %s", evaluated,
+             len(index) - evaluated, out)
+    for row in index:
+        print(f"{row['checkpoint']:>16} step {row['step']:>6} {row['benchmark']}/{row['prompt']:<6} "
+              f"accuracy {100 * row['accuracy']:5.1f}%  parse failures {row['parse_failures']}")
+    if push_error:
+        log.error("%s. The results are on disk in %s; rerun the same command to push them without evaluating "
+                  "again.", push_error, out)
+        return EXIT_PUSH_FAILED
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Scoring one model on the questions with each prompt, with the results kept on disk.
+
+Layout: OUT/<checkpoint>/<prompt>/results.jsonl (a row per question) and summary.json, where
+<checkpoint> is `checkpoint-N` or `final`. summary.json is written last, so its presence means that
+(checkpoint, prompt) is done: a restarted evaluation reuses it instead of generating again, unless
+the settings that shape the score (data, prompt text, pixels, max_new_tokens, model path) changed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from eval_job.checkpoints import Target
+from eval_job.data import Question, Skip
+from eval_job.scoring import RULES, score
+from r1v_job.prompts import EVAL_PROMPTS
+
+log = logging.getLogger(__name__)
+
+RESULTS = "results.jsonl"
+SUMMARY = "summary.json"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    # A crash mid-write must not leave a truncated file that a rerun would trust.
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_done(directory: Path, settings: dict) -> dict | None:
+    """The summary of a finished evaluation with the same settings, else None."""
+    try:
+        summary = json.loads((directory / SUMMARY).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if summary.get("settings") != settings or not (directory / RESULTS).is_file():
+        log.info("%s: settings changed since the last evaluation, evaluating again", directory)
+        return None
+    return summary
+
+
+def evaluate_prompt(generator, questions: list[Question], prompt: str, batch_size: int, max_new_tokens: int,
+                    label: str = "") -> tuple[list[dict], float]:
+    """Result rows for every question, and the seconds it took."""
+    template, extract = EVAL_PROMPTS[prompt], RULES[prompt]
+    rows: list[dict] = []
+    start = time.perf_counter()
+    for first in range(0, len(questions), batch_size):
+        batch = questions[first:first + batch_size]
+        outputs = generator.generate([q.image_path for q in batch], [q.question for q in batch], template,
+                                     max_new_tokens)
+        for q, output in zip(batch, outputs, strict=True):
+            answer = extract(output)
+            rows.append({"line": q.line, "image": q.image, "question": q.question, "ground_truth": q.ground_truth,
+                         "model_output": output, "extracted_answer": answer, "correct": answer == q.ground_truth})
+        log.info("%s %s: %d/%d questions", label, prompt, len(rows), len(questions))
+    return rows, time.perf_counter() - start
+
+
+def summarize(rows: list[dict], duration: float, target: Target, prompt: str, skipped: list[Skip],
+              benchmark: str, settings: dict) -> dict:
+    s = score(((r["model_output"], r["ground_truth"]) for r in rows), RULES[prompt])
+    now = time.time()
+    return {
+        "checkpoint": target.name,
+        "step": target.step,
+        "model": str(target.path),
+        "benchmark": benchmark,
+        "prompt": prompt,
+        "answer_rule": "first number" if prompt == "direct" else "<answer>N</answer>",
+        "accuracy": s.accuracy,
+        "correct": s.correct,
+        "evaluated": s.total,
+        "skipped": len(skipped),
+        "parse_failures": s.parse_failures,
+        "duration_seconds": duration,
+        "samples_per_second": s.total / duration if duration > 0 else 0.0,
+        "finished_at": datetime.fromtimestamp(now, timezone.utc).isoformat(),
+        "finished_at_unix": now,
+        "skipped_rows": [str(skip) for skip in skipped],
+        "settings": settings,
+    }
+
+
+def evaluate_target(target: Target, questions: list[Question], skipped: list[Skip], prompts: list[str], out: Path,
+                    *, benchmark: str, base_settings: dict, batch_size: int, max_new_tokens: int,
+                    load: Callable[[Target], object]) -> tuple[list[dict], int]:
+    """Summaries of `target` for every prompt, and how many prompts were evaluated now (the others
+    were reused from disk). The model is loaded only if something is left to evaluate."""
+    summaries = []
+    evaluated_now = 0
+    generator = None
+    for prompt in prompts:
+        directory = out / target.name / prompt
+        settings = {**base_settings, "model": str(target.path), "prompt_template": EVAL_PROMPTS[prompt]}
+        summary = load_done(directory, settings)
+        if summary is None:
+            if generator is None:
+                generator = load(target)
+            rows, duration = evaluate_prompt(generator, questions, prompt, batch_size, max_new_tokens, target.name)
+            summary = summarize(rows, duration, target, prompt, skipped, benchmark, settings)
+            directory.mkdir(parents=True, exist_ok=True)
+            write_atomically(directory / RESULTS, "".join(json.dumps(r) + "\n" for r in rows))
+            write_atomically(directory / SUMMARY, json.dumps(summary, indent=2) + "\n")
+            evaluated_now += 1
+            log.info("%s %s: accuracy %.1f%% (%d parse failures) -> %s", target.name, prompt,
+                     100 * summary["accuracy"], summary["parse_failures"], directory)
+        else:
+            log.info("%s %s: already evaluated (%s), reusing", target.name, prompt, directory / SUMMARY)
+        summaries.append(summary)
+    return summaries, evaluated_now

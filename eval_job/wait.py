@@ -1,0 +1,94 @@
+"""Waiting for training before evaluating.
+
+- `pytorchjob/NAME`: polls the PyTorchJob through kubeflow-training's TrainingClient until it is
+  Succeeded (returns) or Failed (raises TrainingFailed with the job's reason). The kubernetes and
+  kubeflow packages are imported here only, so marker mode and plain evaluation run without them.
+- `marker`: polls for the trainer's completion marker, OUTPUT_DIR/training_complete.json, on the
+  shared volume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from eval_job.checkpoints import MARKER
+
+log = logging.getLogger(__name__)
+
+
+class WaitTimeout(Exception):
+    pass
+
+
+class TrainingFailed(Exception):
+    def __init__(self, job: str, reason: str, message: str):
+        super().__init__(f"training job {job} failed: {reason}: {message}")
+        self.reason = reason
+
+
+def parse_wait_for(spec: str) -> tuple[str, str | None]:
+    """`pytorchjob/NAME` -> ("pytorchjob", NAME); `marker` -> ("marker", None)."""
+    if spec == "marker":
+        return "marker", None
+    kind, _, name = spec.partition("/")
+    if kind.lower() == "pytorchjob" and name:
+        return "pytorchjob", name
+    raise ValueError(f"--wait-for {spec!r}: expected pytorchjob/NAME or marker")
+
+
+def wait_for_marker(directory: str | Path, timeout: float, poll: float) -> dict:
+    """The contents of DIRECTORY/training_complete.json once it exists and parses."""
+    path = Path(directory) / MARKER
+    deadline = time.monotonic() + timeout
+    log.info("waiting up to %.0f s for %s", timeout, path)
+    while True:
+        try:
+            # The trainer may be mid-write: only a complete JSON object counts.
+            return json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"no completion marker {path} after {timeout:.0f} s")
+        time.sleep(poll)
+
+
+def wait_for_pytorchjob(name: str, namespace: str | None, timeout: float, poll: float):
+    """Block until PyTorchJob NAME has Succeeded; raise TrainingFailed if it Failed. Uses the
+    in-cluster service account in a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
+    from kubeflow.training import TrainingClient
+    from kubeflow.training.constants import constants
+
+    client = TrainingClient(namespace=namespace) if namespace else TrainingClient()
+    namespace = client.namespace
+    done = {constants.JOB_CONDITION_SUCCEEDED, constants.JOB_CONDITION_FAILED}
+    deadline = time.monotonic() + timeout
+    log.info("waiting up to %.0f s for PyTorchJob %s/%s", timeout, namespace, name)
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            # Waiting for Failed too lets us read the job's own reason instead of the client's
+            # generic "is Failed" error.
+            job = client.wait_for_job_conditions(name, namespace, expected_conditions=done,
+                                                 wait_timeout=max(remaining, 0), polling_interval=poll)
+            break
+        except TimeoutError as e:
+            raise WaitTimeout(f"PyTorchJob {namespace}/{name} did not finish within {timeout:.0f} s") from e
+        except RuntimeError as e:
+            # Retried: the job not existing yet (the evaluator is often created together with it)
+            # and connection errors (an API server blip must not lose a day of waiting). Any other
+            # API answer (403: RBAC) will not fix itself, so it fails now.
+            status = getattr(e.__cause__, "status", None)
+            if status is not None and status != 404:
+                raise
+            if time.monotonic() + poll > deadline:
+                raise WaitTimeout(f"PyTorchJob {namespace}/{name} not readable within {timeout:.0f} s: {e}") from e
+            log.warning("PyTorchJob %s/%s not readable yet (retrying): %s", namespace, name, str(e).splitlines()[0])
+            time.sleep(poll)
+    for condition in client.get_job_conditions(job=job):
+        if condition.type == constants.JOB_CONDITION_FAILED and condition.status == "True":
+            raise TrainingFailed(f"{namespace}/{name}", condition.reason or "Failed", condition.message or "")
+    log.info("PyTorchJob %s/%s succeeded", namespace, name)
+    return job

@@ -1,0 +1,235 @@
+"""Rendering and validation helpers for the r1v chart tests (imported by the test modules).
+
+Rendering goes through helm-python-sdk (Helm's own Go SDK), so what is checked here is what
+`helm install` would send. Validation has three layers:
+  * built-in kinds: the kubernetes-validate CLI in strict mode (unknown fields are errors, and a
+    kind it has no schema for prints WARN, which also fails);
+  * custom resources: the CRD's openAPIV3Schema from ../shared/crds, plus a walk that rejects
+    every field the schema does not declare (the API server would silently prune them);
+  * the Training Operator's admission webhook rules for PyTorchJob, restated from v1.9.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import helm_python as helm
+import jsonschema
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "r1v"
+CRDS = REPO.parent / "shared" / "crds"
+RELEASE = "r1v"
+NAMESPACE = "r1v"
+CUSTOM_KINDS = {("kubeflow.org/v1", "PyTorchJob"), ("monitoring.coreos.com/v1", "ServiceMonitor"),
+                ("monitoring.coreos.com/v1", "PodMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+
+
+@functools.lru_cache(maxsize=1)
+def chart() -> helm.Chart:
+    return helm.Chart.load(str(CHART))
+
+
+def ci_value_sets() -> dict[str, dict]:
+    return {p.name.removesuffix("-values.yaml"): yaml.safe_load(p.read_text()) or {}
+            for p in sorted((CHART / "ci").glob("*-values.yaml"))}
+
+
+def render_raw(values: dict | None = None, name: str = RELEASE, namespace: str = NAMESPACE) -> dict[str, str]:
+    return chart().render(values or {}, name=name, namespace=namespace, is_install=True)
+
+
+def render(values: dict | None = None, name: str = RELEASE, namespace: str = NAMESPACE) -> list[dict]:
+    """Every object the chart renders (helm test hooks included), NOTES.txt excluded."""
+    objects = []
+    for path, text in sorted(render_raw(values, name, namespace).items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return objects
+
+
+def notes(values: dict | None = None, name: str = RELEASE, namespace: str = NAMESPACE) -> str:
+    rendered = render_raw(values, name, namespace)
+    return next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
+
+
+def only(objects: list[dict], kind: str, name_suffix: str = "") -> dict:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"].endswith(name_suffix)]
+    assert len(found) == 1, f"expected one {kind} *{name_suffix}, got {[o['metadata']['name'] for o in found]}"
+    return found[0]
+
+
+def kinds(objects: list[dict]) -> list[str]:
+    return sorted(o["kind"] for o in objects)
+
+
+# --- built-in kinds -------------------------------------------------------------------------------
+
+def kubernetes_validate(objects: list[dict], versions=("1.29.0", None)) -> tuple[int, str]:
+    """Run the kubernetes-validate CLI (strict) over objects; returns (exit code, output)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump_all(objects, f)
+    cmd = [str(Path(sys.executable).with_name("kubernetes-validate")), "--strict", "--quiet"]
+    for v in versions:
+        if v:
+            cmd += ["-k", v]
+    if None in versions:
+        import kubernetes_validate.utils as kv
+        cmd += ["-k", kv.latest_version()]
+    proc = subprocess.run(cmd + [f.name], capture_output=True, text=True)
+    Path(f.name).unlink()
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def kubernetes_validate_problems(objects: list[dict]) -> list[str]:
+    rc, out = kubernetes_validate(objects)
+    problems = [line for line in out.splitlines() if line.startswith(("WARN", "ERROR", "FATAL"))]
+    if rc != 0 and not problems:
+        problems.append(f"kubernetes-validate exited {rc}: {out}")
+    return problems
+
+
+# --- custom resources -----------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def crd_schema(api_version: str, kind: str) -> dict:
+    group, version = api_version.split("/")
+    for path in CRDS.glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        if crd["spec"]["group"] == group and crd["spec"]["names"]["kind"] == kind:
+            for v in crd["spec"]["versions"]:
+                if v["name"] == version:
+                    return v["schema"]["openAPIV3Schema"]
+    raise LookupError(f"no CRD for {api_version} {kind} in {CRDS}")
+
+
+def _openapi_to_jsonschema(node):
+    """OpenAPI v3 structural schema -> JSON Schema: only int-or-string needs translating."""
+    if isinstance(node, dict):
+        out = {k: _openapi_to_jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
+        if node.get("x-kubernetes-int-or-string"):
+            out.pop("type", None)
+            out.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])
+        return out
+    if isinstance(node, list):
+        return [_openapi_to_jsonschema(v) for v in node]
+    return node
+
+
+def undeclared_fields(obj, schema: dict, path: str = "") -> list[str]:
+    """Paths of fields the schema does not declare (the API server would prune them)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    found = []
+    if isinstance(obj, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for key, value in obj.items():
+            if props is not None and key in props:
+                found += undeclared_fields(value, props[key], f"{path}.{key}")
+            elif isinstance(extra, dict):
+                found += undeclared_fields(value, extra, f"{path}.{key}")
+            elif extra is True:
+                continue
+            else:
+                found.append(f"{path}.{key}")
+    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(obj):
+            found += undeclared_fields(item, schema["items"], f"{path}[{i}]")
+    return found
+
+
+_META_KEYS = {"name", "namespace", "labels", "annotations"}
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def metadata_problems(meta: dict) -> list[str]:
+    """The CRD schemas leave the top-level metadata open; the API server checks it as ObjectMeta."""
+    problems = [f"metadata.{k}: not set by charts" for k in meta if k not in _META_KEYS]
+    for k, v in (meta.get("labels") or {}).items():
+        if not (_LABEL_KEY.match(k) and isinstance(v, str) and len(v) <= 63 and _LABEL_VALUE.match(v)):
+            problems.append(f"metadata.labels[{k!r}]={v!r}: not a valid label")
+    for k, v in (meta.get("annotations") or {}).items():
+        if not isinstance(v, str):
+            problems.append(f"metadata.annotations[{k!r}]: value must be a string")
+    return problems
+
+
+def crd_problems(obj: dict) -> list[str]:
+    schema = crd_schema(obj["apiVersion"], obj["kind"])
+    validator = jsonschema.Draft4Validator(_openapi_to_jsonschema(schema))
+    problems = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(obj)]
+    problems += [f"{p}: not in the CRD schema" for p in undeclared_fields(obj, schema) if not p.startswith(".metadata.")]
+    problems += metadata_problems(obj.get("metadata", {}))
+    return problems
+
+
+# --- the Training Operator's admission rules (pkg/webhooks/pytorch, v1.9) ------------------------
+
+_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def admission_problems(job: dict) -> list[str]:
+    problems = []
+    name = job["metadata"].get("name", "")
+    if not (_DNS1035.match(name) and len(name) <= 63):
+        problems.append(f"metadata.name {name!r}: not a DNS-1035 label")
+    specs = job["spec"].get("pytorchReplicaSpecs")
+    if not specs:
+        return problems + ["spec.pytorchReplicaSpecs: required"]
+    for rtype, rspec in specs.items():
+        where = f"spec.pytorchReplicaSpecs[{rtype}]"
+        if rtype not in ("Master", "Worker"):
+            problems.append(f"{where}: replica type must be Master or Worker")
+        containers = (rspec or {}).get("template", {}).get("spec", {}).get("containers") or []
+        if not containers:
+            problems.append(f"{where}.template.spec.containers: must be specified")
+        if any(not c.get("image") for c in containers):
+            problems.append(f"{where}: every container needs an image")
+        if not any(c.get("name") == "pytorch" for c in containers):
+            problems.append(f"{where}: must have a container named pytorch")
+        replicas = (rspec or {}).get("replicas")
+        if rtype == "Master" and replicas != 1:
+            problems.append(f"{where}.replicas: must be 1")
+        if rtype == "Worker" and replicas is not None and replicas < 1:
+            problems.append(f"{where}.replicas: must be at least 1")
+    elastic = job["spec"].get("elasticPolicy")
+    if elastic and elastic.get("nProcPerNode") is not None and job["spec"].get("nprocPerNode") is not None:
+        problems.append("spec.elasticPolicy.nProcPerNode: must not be used with spec.nprocPerNode")
+    return problems
+
+
+def validation_problems(objects: list[dict]) -> list[str]:
+    """Everything wrong with a rendered release, by the three layers above."""
+    builtin = [o for o in objects if (o["apiVersion"], o["kind"]) not in CUSTOM_KINDS]
+    problems = kubernetes_validate_problems(builtin) if builtin else []
+    for o in objects:
+        if (o["apiVersion"], o["kind"]) in CUSTOM_KINDS:
+            problems += [f"{o['kind']}/{o['metadata']['name']} {p}" for p in crd_problems(o)]
+        if o["kind"] == "PyTorchJob":
+            problems += [f"PyTorchJob/{o['metadata']['name']} {p}" for p in admission_problems(o)]
+    return problems
+
+
+# --- PyTorchJob views ------------------------------------------------------------------------------
+
+def replica_pods(job: dict) -> dict[str, dict]:
+    return {rtype: spec["template"]["spec"] for rtype, spec in job["spec"]["pytorchReplicaSpecs"].items()}
+
+
+def container(pod_spec: dict, name: str) -> dict:
+    return next(c for c in pod_spec["containers"] if c["name"] == name)
+
+
+def claim_of(pod_spec: dict) -> str:
+    mount = next(m for c in pod_spec["containers"] for m in c.get("volumeMounts", []) if m["mountPath"] == "/data")
+    volume = next(v for v in pod_spec["volumes"] if v["name"] == mount["name"])
+    return volume["persistentVolumeClaim"]["claimName"]
