@@ -95,20 +95,19 @@ def load_train_dataset(source: str, split: str = "train", config: str | None = N
     if isinstance(ds.features["image"], datasets.Image):
         ds = ds.cast_column("image", datasets.Image(decode=False))
 
-    keep, reasons = [], []
-    for i, row in enumerate(ds):
-        reason = _solution_problem(row["solution"]) or _image_problem(row["image"])
-        if reason:
-            reasons.append(f"row {i}: {reason}")
-        else:
-            keep.append(i)
+    # A map, not a loop: datasets caches its result by fingerprint, so in a multi-GPU job rank 0
+    # checks the files once (main_process_first) and the other ranks read its cache.
+    checked = ds.map(lambda row: {"_problem": _solution_problem(row["solution"]) or _image_problem(row["image"])},
+                     desc="checking rows")
+    reasons = [f"row {i}: {p}" for i, p in enumerate(checked["_problem"]) if p]
     if reasons:
         logger.warning("dataset %s: dropped %d of %d rows; first reasons: %s", source, len(reasons), len(ds),
                        "; ".join(reasons[:_SHOWN_REASONS]))
-    if not keep:
+    if len(reasons) == len(ds):
         raise DataError(f"dataset_name {source}: no usable rows out of {len(ds)}"
                         + (f"; first reasons: {'; '.join(reasons[:_SHOWN_REASONS])}" if reasons else ""))
-    ds = ds.select(keep).cast_column("image", datasets.Image(decode=True))
+    ds = checked.filter(lambda problem: problem is None, input_columns="_problem").remove_columns("_problem")
+    ds = ds.cast_column("image", datasets.Image(decode=True))
     # TRL inserts the image placeholder before the text of the first user turn from the `image` column.
     return ds.map(lambda row: {"prompt": [{"role": "user",
                                            "content": prompt_template.format(Question=row["problem"])}]})

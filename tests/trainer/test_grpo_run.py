@@ -168,3 +168,12 @@ def test_resume_continues_at_the_right_step_and_skips_a_truncated_checkpoint(
     assert "skipping" in caplog.text and "checkpoint-5" in caplog.text
     assert steps == [5, 6]
     assert json.loads((out / "training_complete.json").read_text())["global_step"] == 6
+
+
+def test_qwen2_5_vl_trains_by_changing_the_model_path_alone(clevr_train, tmp_path):
+    from r1v_job.tiny import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "qwen25vl", arch="qwen2_5_vl")
+    trainer = run(*_args(model, clevr_train, tmp_path / "run", "--max_steps", "1", "--save_steps", "1"))
+    assert trainer.model.config.model_type == "qwen2_5_vl"
+    assert json.loads((tmp_path / "run" / "training_complete.json").read_text())["global_step"] == 1

@@ -1,0 +1,366 @@
+"""Time real GRPOTrainer steps phase by phase, with TRL's batched generation or R1-V's per-prompt one."""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import TrainerCallback
+
+from r1v_job.grpo import build_trainer, parse_args
+
+PHASES = ("generation", "ref_logps", "old_logps", "policy_forward", "backward", "optimizer")
+
+# Dense bf16 tensor-core peaks (no sparsity), by a substring of torch.cuda.get_device_name().
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
+
+
+@dataclass
+class Variant:
+    """One configuration to measure, written `style[:option,option,...]` on the command line.
+
+    style: `r1v` (R1-V: each micro-step holds one prompt's G rollouts and generates them with one
+    `generate(num_return_sequences=G)` call) or `ours` (TRL: one batched `generate` call for every
+    prompt of the optimizer step). Options: `mb=N` rollouts per micro-batch (default G, R1-V's 1
+    prompt x G per device), `spg=N` generation rounds per optimizer step (default 1), `gc` gradient
+    checkpointing, `liger` Liger kernels, `warmup=N` / `steps=N` for this variant only, or any
+    `recipe_field=value` (YAML value).
+    """
+
+    spec: str
+    style: str = "ours"
+    micro_batch: int | None = None
+    generation_rounds: int = 1
+    warmup: int | None = None  # None: the command line's --warmup / --steps
+    steps: int | None = None
+    overrides: dict = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, spec: str) -> "Variant":
+        style, _, options = spec.partition(":")
+        if style not in ("r1v", "ours"):
+            raise ValueError(f"variant {spec!r}: style must be r1v or ours")
+        variant = cls(spec=spec, style=style)
+        for option in filter(None, options.split(",")):
+            key, _, value = option.partition("=")
+            if key == "mb":
+                variant.micro_batch = int(value)
+            elif key == "spg":
+                variant.generation_rounds = int(value)
+            elif key in ("warmup", "steps"):
+                setattr(variant, key, int(value))
+            elif key == "gc":
+                variant.overrides["gradient_checkpointing"] = True
+            elif key == "liger":
+                variant.overrides["use_liger_kernel"] = True
+            elif value:
+                variant.overrides[key] = yaml.safe_load(value)
+            else:
+                raise ValueError(f"variant {spec!r}: option {option!r} is not mb=, spg=, gc, liger, warmup=, "
+                                 f"steps= or field=value")
+        if style == "r1v" and (variant.micro_batch is not None or variant.generation_rounds != 1):
+            raise ValueError(f"variant {spec!r}: r1v fixes the micro-batch at one prompt's G rollouts")
+        return variant
+
+    def batch_fields(self, prompts: int, generations: int) -> dict:
+        """per_device_train_batch_size, gradient_accumulation_steps and steps_per_generation for a step
+        of prompts x generations rollouts on one device."""
+        rollouts = prompts * generations
+        micro = generations if self.style == "r1v" else (self.micro_batch or generations)
+        if rollouts % micro:
+            raise ValueError(f"variant {self.spec!r}: {rollouts} rollouts do not split into micro-batches of {micro}")
+        accumulation = rollouts // micro
+        # r1v generates in every micro-step (its prompt only); ours generates generation_rounds times a step.
+        rounds = accumulation if self.style == "r1v" else self.generation_rounds
+        if accumulation % rounds or (rollouts // rounds) % generations:
+            raise ValueError(f"variant {self.spec!r}: {accumulation} micro-batches do not split into {rounds} "
+                             f"generation rounds of whole prompt groups")
+        return {"per_device_train_batch_size": micro, "gradient_accumulation_steps": accumulation,
+                "steps_per_generation": accumulation // rounds, "generation_batch_size": None}
+
+
+class PhaseTimer(TrainerCallback):
+    """Wall time of each optimizer step and of TRL's phases inside it, plus what the step generated.
+
+    Phases are timed by wrapping the trainer's own methods, so the code measured is the code that trains:
+    generation = `_generate_single_turn` (model.generate), ref_logps / old_logps / policy_forward =
+    `_get_per_token_logps_and_entropies` told apart by model and grad mode, backward =
+    `accelerator.backward`, optimizer = gradient clipping + `optimizer.step`. A step runs from the end of
+    the previous one, so data loading, processing, rewards and logging land in "other". On a GPU each
+    boundary synchronises, or asynchronous kernels would be billed to whichever phase waits for them.
+    """
+
+    def __init__(self, device: torch.device):
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.steps: list[dict] = []
+        self._phases: dict = defaultdict(float)
+        self._counts: dict = defaultdict(int)
+        self._step_start = self._optimizer_start = None
+
+    @contextmanager
+    def phase(self, name: str):
+        self.sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.sync()
+            self._phases[name] += time.perf_counter() - start
+
+    def instrument(self, trainer, style: str) -> None:
+        generate = trainer._generate_single_turn
+        if style == "r1v":
+            generate = r1v_generation(trainer, generate)
+            trainer.generation_config.num_return_sequences = trainer.num_generations
+
+        def timed_generate(prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
+            with self.phase("generation"):
+                completion_ids, logprobs = generate(prompt_ids, images, multimodal_fields, num_generations,
+                                                    *args, **kwargs)
+            self._counts["generate_calls"] += len(prompt_ids) // trainer.num_generations if style == "r1v" else 1
+            self._counts["rollouts"] += len(completion_ids)
+            self._counts["prompt_tokens"] += sum(len(ids) for ids in prompt_ids)
+            self._counts["completion_tokens"] += sum(len(ids) for ids in completion_ids)
+            grid = multimodal_fields.get("image_grid_thw")
+            if grid is not None:
+                self._counts["image_patches"] += int(torch.as_tensor(grid).prod(-1).sum())
+            return completion_ids, logprobs
+
+        logps = trainer._get_per_token_logps_and_entropies
+
+        def timed_logps(model, *args, **kwargs):
+            if torch.is_grad_enabled():
+                name = "policy_forward"
+            else:  # TRL passes self.model for the old policy, the reference model otherwise
+                name = "old_logps" if model is trainer.model else "ref_logps"
+            with self.phase(name):
+                return logps(model, *args, **kwargs)
+
+        backward = trainer.accelerator.backward
+
+        def timed_backward(*args, **kwargs):
+            with self.phase("backward"):
+                return backward(*args, **kwargs)
+
+        clip = trainer._clip_grad_norm
+
+        def timed_clip(*args, **kwargs):
+            with self.phase("optimizer"):
+                return clip(*args, **kwargs)
+
+        trainer._generate_single_turn = timed_generate
+        trainer._get_per_token_logps_and_entropies = timed_logps
+        trainer.accelerator.backward = timed_backward
+        trainer._clip_grad_norm = timed_clip
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.sync()
+        self._step_start = time.perf_counter()
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.sync()
+        self._optimizer_start = time.perf_counter()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.sync()
+        self._phases["optimizer"] += time.perf_counter() - self._optimizer_start
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.sync()
+        now = time.perf_counter()
+        step = {"step_s": now - self._step_start, **{p: self._phases.get(p, 0.0) for p in PHASES}, **self._counts}
+        step["other"] = step["step_s"] - sum(step[p] for p in PHASES)
+        self.steps.append(step)
+        self._phases, self._counts = defaultdict(float), defaultdict(int)
+        self._step_start = now
+
+
+def _one_row(fields: dict, row: int, rows: int) -> dict:
+    """The multimodal processor fields of prompt row `row` out of `rows` (one image per row)."""
+    grid = fields.get("image_grid_thw")
+    one = {}
+    for key, value in fields.items():
+        if key == "pixel_values":  # flattened patches of every image, in row order
+            if grid is None or len(grid) != rows:
+                raise ValueError("R1-V-style generation needs exactly one image per prompt")
+            patches = torch.as_tensor(grid).prod(-1).tolist()
+            start = sum(patches[:row])
+            one[key] = value[start:start + patches[row]]
+        elif len(value) == rows:
+            one[key] = value[row:row + 1]
+        else:
+            raise ValueError(f"cannot split the processor field {key!r} ({len(value)} entries) by prompt")
+    return one
+
+
+def r1v_generation(trainer, generate):
+    """R1-V's rollouts on TRL's generation code: one `generate` call per prompt, num_return_sequences=G.
+
+    TRL's sampler lays out each prompt G times in a row; this keeps the first copy of each group, lets
+    generate expand it G times (the generation config has num_return_sequences=G) and returns the G
+    completions in the rows of the group.
+    """
+    group = trainer.num_generations
+
+    def per_prompt(prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
+        completions = []
+        for start in range(0, len(prompt_ids), group):
+            if any(list(ids) != list(prompt_ids[start]) for ids in prompt_ids[start:start + group]):
+                raise ValueError("expected each prompt repeated num_generations times in a row")
+            fields = _one_row(multimodal_fields, start, len(prompt_ids))
+            ids, _ = generate([prompt_ids[start]], images[start:start + 1] if images else images, fields,
+                              num_generations, *args, **kwargs)
+            if len(ids) != group:
+                raise RuntimeError(f"generate returned {len(ids)} completions for one prompt, expected {group}")
+            completions.extend(ids)
+        return completions, None
+
+    return per_prompt
+
+
+def parameter_split(model) -> dict:
+    """Parameters by the part of the FLOP count they enter: decoder blocks, LM head, vision tower."""
+    vision = embed = total = 0
+    for name, p in model.named_parameters():  # tied weights are listed once
+        total += p.numel()
+        if "visual" in name:
+            vision += p.numel()
+        elif "embed_tokens" in name or "lm_head" in name:
+            embed += p.numel()
+    text = model.config.get_text_config()
+    head = text.vocab_size * text.hidden_size
+    return {"total": total, "vision": vision, "decoder": total - vision - embed, "lm_head": head}
+
+
+def step_flops(step: dict, params: dict, passes: float) -> float:
+    """Model FLOPs of one step: `passes` forward-equivalents over every rollout (see docs/performance.md).
+
+    A forward over the step's rollouts costs 2 x decoder params x (prompt + completion tokens)
+    + 2 x LM-head params x completion tokens (TRL and generate only project the scored / sampled
+    positions) + 2 x vision params x image patches. Attention scores (~2-3% at ~300 tokens) are left out.
+    """
+    tokens = step["prompt_tokens"] + step["completion_tokens"]
+    forward = 2 * (params["decoder"] * tokens + params["lm_head"] * step["completion_tokens"]
+                   + params["vision"] * step["image_patches"])
+    return passes * forward
+
+
+def _peak_tflops(device: torch.device, override: float | None) -> float | None:
+    if override:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tflops for key, tflops in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: "5" resets the process's peak resident set size (VmHWM)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_memory(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(device),
+                "peak_reserved_bytes": torch.cuda.max_memory_reserved(device), "memory_kind": "cuda_allocated"}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return {"peak_memory_bytes": int(line.split()[1]) * 1024, "memory_kind": "process_peak_rss"}
+    return {"peak_memory_bytes": None, "memory_kind": None}
+
+
+def summarize(steps: list[dict], params: dict, beta: float, peak_tflops: float | None) -> dict:
+    """Medians over the measured steps, and the throughput and MFU they give."""
+    median = {key: statistics.median(step[key] for step in steps) for key in steps[0]}
+    # generation + reference (when beta != 0) + training (3 forward-equivalents) + old log-probs when computed
+    passes = 1 + (beta != 0) + 3 + (median["old_logps"] > 0)
+    flops = step_flops(median, params, passes)
+    step_s, gen_s = median["step_s"], median["generation"]
+    return {
+        **{key: median[key] for key in ("step_s", *PHASES, "other")},
+        **{key: int(median[key]) for key in ("rollouts", "generate_calls", "prompt_tokens", "completion_tokens",
+                                             "image_patches")},
+        "rollouts_per_s": median["rollouts"] / step_s,
+        "generated_tokens_per_s": median["completion_tokens"] / step_s,
+        "generation_rollouts_per_s": median["rollouts"] / gen_s,
+        "generation_tokens_per_s": median["completion_tokens"] / gen_s,
+        "tflop_per_step": flops / 1e12,
+        "achieved_tflops": flops / step_s / 1e12,
+        "mfu": flops / step_s / (peak_tflops * 1e12) if peak_tflops else None,
+    }
+
+
+def run_variant(variant: Variant, recipe: dict, *, model_dir: Path, dataset: Path, prompts: int, generations: int,
+                completion_length: int, steps: int, warmup: int, peak_tflops: float | None = None) -> dict:
+    """Train warmup + steps optimizer steps of `recipe` as `variant` and summarise the measured steps."""
+    result = {"variant": variant.spec, "style": variant.style}
+    warmup = warmup if variant.warmup is None else variant.warmup
+    steps = steps if variant.steps is None else variant.steps
+    if variant.overrides.get("use_liger_kernel") and importlib.util.find_spec("liger_kernel") is None:
+        return {**result, "skipped": "liger-kernel is not installed"}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        fields = {
+            **recipe,
+            **variant.overrides,
+            **variant.batch_fields(prompts, generations),
+            "model_name_or_path": str(model_dir),
+            "dataset_name": str(dataset),
+            "num_generations": generations,
+            # Random weights would stop at random lengths: pin every completion to the same length.
+            "max_completion_length": completion_length,
+            "generation_kwargs": {"min_new_tokens": completion_length},
+            "max_steps": warmup + steps,
+            "output_dir": str(Path(tmp) / "out"),
+            "save_strategy": "no",
+            "report_to": "none",
+            "logging_steps": 1,
+            "disable_tqdm": True,
+            "metrics_port": 0,
+            "offline_bootstrap": False,
+            "auto_resume": False,
+            "log_completions": False,
+        }
+        fields.pop("deepspeed", None)  # one process: no ZeRO sharding to measure
+        config = Path(tmp) / "recipe.yaml"
+        config.write_text(yaml.safe_dump(fields))
+        script_args, training_args, model_args = parse_args(["--config", str(config)])
+        trainer = build_trainer(script_args, training_args, model_args)
+        device = trainer.accelerator.device
+        timer = PhaseTimer(device)
+        trainer.add_callback(timer)
+        timer.instrument(trainer, variant.style)
+        params = parameter_split(trainer.model)
+        settings = {key: fields.get(key) for key in (
+            "per_device_train_batch_size", "gradient_accumulation_steps", "steps_per_generation",
+            "gradient_checkpointing", "use_liger_kernel", "bf16", "dtype", "beta")}
+        settings["attn_implementation"] = trainer.model.config._attn_implementation
+        try:
+            _reset_peak_memory(device)
+            trainer.train()
+            memory = _peak_memory(device)
+        finally:
+            trainer.accelerator.free_memory()
+            del trainer
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    measured = timer.steps[warmup:]
+    if not measured:
+        raise RuntimeError(f"variant {variant.spec}: no measured steps (warmup {warmup}, steps {steps})")
+    return {**result, "settings": settings, "parameters": params, **memory,
+            "summary": summarize(measured, params, training_args.beta, _peak_tflops(device, peak_tflops)),
+            "steps": timer.steps}

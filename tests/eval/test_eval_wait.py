@@ -1,0 +1,145 @@
+"""Waiting for training: a PyTorchJob on kmock's fake API server (not a real one), and the marker file."""
+
+import json
+import logging
+import threading
+import time
+
+import pytest
+from kubernetes import client, config
+
+from eval_job import cli
+
+JOB_PATH = "/apis/kubeflow.org/v1/namespaces/team/pytorchjobs/{name}"
+
+
+def pytorchjob(name: str, *conditions: dict) -> dict:
+    """A PyTorchJob as the training operator stores it (runPolicy is defaulted by the operator, and
+    kubeflow-training's models require it)."""
+    return {
+        "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
+        "metadata": {"name": name, "namespace": "team"},
+        "spec": {"runPolicy": {"cleanPodPolicy": "None"}, "pytorchReplicaSpecs": {"Master": {
+            "replicas": 1, "template": {"spec": {"containers": [{"name": "pytorch", "image": "trainer"}]}}}}},
+        "status": {"conditions": list(conditions)},
+    }
+
+
+def condition(kind: str, status: str = "True", reason: str | None = None, message: str | None = None) -> dict:
+    return {"type": kind, "status": status, "reason": reason or f"PyTorchJob{kind}", "message": message or kind}
+
+
+def jobs_api() -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(config.new_client_from_config())
+
+
+def set_status(api, name, *conditions):
+    api.patch_namespaced_custom_object_status("kubeflow.org", "v1", "team", "pytorchjobs", name,
+                                              {"status": {"conditions": list(conditions)}})
+
+
+def until(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+class Background:
+    """cli.main in a thread, as the evaluator pod runs beside the training job."""
+
+    def __init__(self, argv):
+        self.rc = None
+        self.thread = threading.Thread(target=self._run, args=(argv,), daemon=True)
+        self.thread.start()
+
+    def _run(self, argv):
+        self.rc = cli.main(argv)
+
+    def join(self, timeout=120):
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the evaluator is still waiting"
+        return self.rc
+
+
+def test_waits_for_a_job_that_appears_runs_then_succeeds(fake_k8s, tiny_model, questions, pushgateway, tmp_path):
+    out = tmp_path / "out"
+    path = JOB_PATH.format(name="r1v-run")
+    evaluator = Background(["--model", str(tiny_model), "--data", str(questions), "--out", str(out),
+                            "--max-new-tokens", "4", "--wait-for", "pytorchjob/r1v-run", "--namespace", "team",
+                            "--poll-interval", "0.1", "--pushgateway", pushgateway.url])
+    # The job does not exist yet: the evaluator keeps asking instead of failing.
+    until(lambda: fake_k8s.requests(f"get {path}") >= 2)
+    api = jobs_api()
+    api.create_namespaced_custom_object("kubeflow.org", "v1", "team", "pytorchjobs",
+                                        pytorchjob("r1v-run", condition("Created"), condition("Running")))
+    seen = fake_k8s.requests(f"get {path}")
+    until(lambda: fake_k8s.requests(f"get {path}") >= seen + 3)  # polled while Running...
+    assert evaluator.thread.is_alive() and not out.exists()  # ...without evaluating
+    set_status(api, "r1v-run", condition("Created"), condition("Running", "False"), condition("Succeeded"))
+    assert evaluator.join() == 0
+    assert json.loads((out / "final" / "cot" / "summary.json").read_text())["evaluated"] == 6
+    # The run label defaults to the job's name.
+    assert pushgateway.value("r1v_eval_questions_evaluated", run="r1v-run", checkpoint="final", prompt="cot") == 6
+
+
+def test_failed_job_exits_nonzero_with_its_reason_and_pushes_a_failure(
+        fake_k8s, tiny_model, questions, pushgateway, tmp_path, caplog):
+    api = jobs_api()
+    api.create_namespaced_custom_object("kubeflow.org", "v1", "team", "pytorchjobs",
+                                        pytorchjob("r1v-bad", condition("Created"), condition("Running")))
+    out = tmp_path / "out"
+    started = time.time()
+    evaluator = Background(["--model", str(tiny_model), "--data", str(questions), "--out", str(out),
+                            "--wait-for", "pytorchjob/r1v-bad", "--namespace", "team", "--poll-interval", "0.1",
+                            "--pushgateway", pushgateway.url])
+    until(lambda: fake_k8s.requests(f"get {JOB_PATH.format(name='r1v-bad')}") >= 2)
+    message = "PyTorchJob team/r1v-bad is failed because 1 Master replica(s) failed."
+    set_status(api, "r1v-bad", condition("Created"), condition("Running", "False"),
+               condition("Failed", reason="PyTorchJobFailed", message=message))
+    assert evaluator.join() == cli.EXIT_TRAINING_FAILED
+    assert f"training job team/r1v-bad failed: PyTorchJobFailed: {message}" in caplog.text
+    assert not out.exists()
+    group = dict(job="r1v-eval", run="r1v-bad", checkpoint="final")
+    assert pushgateway.value("r1v_eval_training_failed", reason="PyTorchJobFailed", **group) == 1
+    assert started <= pushgateway.value("r1v_eval_last_failure_timestamp_seconds", **group) <= time.time()
+
+
+def test_job_still_running_at_the_timeout_exits_nonzero(fake_k8s, tiny_model, questions, tmp_path, caplog):
+    jobs_api().create_namespaced_custom_object("kubeflow.org", "v1", "team", "pytorchjobs",
+                                               pytorchjob("r1v-slow", condition("Running")))
+    rc = cli.main(["--model", str(tiny_model), "--data", str(questions), "--out", str(tmp_path / "out"),
+                   "--wait-for", "pytorchjob/r1v-slow", "--namespace", "team", "--poll-interval", "0.1",
+                   "--timeout", "0.5"])
+    assert rc == cli.EXIT_WAIT_TIMEOUT
+    assert "PyTorchJob team/r1v-slow did not finish within 0 s" in caplog.text or \
+        "PyTorchJob team/r1v-slow did not finish within 1 s" in caplog.text
+
+
+def test_marker_mode_waits_for_the_completion_marker(copy_model, questions, tmp_path):
+    run = copy_model(tmp_path / "run")
+    out = tmp_path / "out"
+    evaluator = Background(["--checkpoints", str(run), "--data", str(questions), "--out", str(out),
+                            "--max-new-tokens", "4", "--wait-for", "marker", "--poll-interval", "0.05"])
+    time.sleep(0.5)
+    assert evaluator.thread.is_alive() and not out.exists()
+    (run / "training_complete.json").write_text('{"global_step": ')  # half-written: not done yet
+    time.sleep(0.3)
+    assert evaluator.thread.is_alive()
+    (run / "training_complete.json").write_text(json.dumps({"global_step": 7, "model_dir": str(run)}))
+    assert evaluator.join() == 0
+    assert json.loads((out / "final" / "cot" / "summary.json").read_text())["step"] == 7
+
+
+def test_marker_timeout_exits_nonzero(tiny_model, questions, tmp_path, caplog):
+    rc = cli.main(["--model", str(tiny_model), "--data", str(questions), "--out", str(tmp_path / "out"),
+                   "--wait-for", "marker", "--timeout", "0.2", "--poll-interval", "0.05"])
+    assert rc == cli.EXIT_WAIT_TIMEOUT
+    assert f"no completion marker {tiny_model / 'training_complete.json'}" in caplog.text
+
+
+@pytest.mark.parametrize("spec", ["pytorchjob", "pytorchjob/", "job/x", "markers"])
+def test_bad_wait_for_is_a_usage_error(spec, tiny_model, questions, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--model", str(tiny_model), "--data", str(questions), "--out", str(tmp_path), "--wait-for", spec])
+    assert e.value.code == cli.EXIT_USAGE
