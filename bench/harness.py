@@ -361,6 +361,6 @@ def run_variant(variant: Variant, recipe: dict, *, model_dir: Path, dataset: Pat
     measured = timer.steps[warmup:]
     if not measured:
         raise RuntimeError(f"variant {variant.spec}: no measured steps (warmup {warmup}, steps {steps})")
-    return {**result, "settings": settings, "parameters": params, **memory,
+    return {**result, "warmup": warmup, "measured_steps": len(measured), "settings": settings, "parameters": params, **memory,
             "summary": summarize(measured, params, training_args.beta, _peak_tflops(device, peak_tflops)),
             "steps": timer.steps}

@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wait-for", metavar="pytorchjob/NAME|marker",
                    help="before evaluating, wait for the PyTorchJob to succeed, or for training_complete.json")
     p.add_argument("--namespace", help="PyTorchJob namespace (default: the pod's, else the kubeconfig's)")
+    p.add_argument("--kubeconfig", help="kubeconfig for --wait-for pytorchjob (default: the pod's service account, "
+                   "else $KUBECONFIG or ~/.kube/config)")
     p.add_argument("--timeout", type=float, default=86400.0, help="seconds to wait for training (default: 1 day)")
     p.add_argument("--poll-interval", type=float, default=15.0, help="seconds between checks while waiting")
     p.add_argument("--pushgateway", metavar="URL", help="Pushgateway to push r1v_eval_* to (default: no push)")
@@ -91,10 +93,13 @@ def _wait(args: argparse.Namespace, model_dir: Path, run: str) -> int:
         if kind == "marker":
             wait_for_marker(Path(args.checkpoints or model_dir), args.timeout, args.poll_interval)
         else:
-            wait_for_pytorchjob(name, args.namespace, args.timeout, args.poll_interval)
+            wait_for_pytorchjob(name, args.namespace, args.timeout, args.poll_interval, args.kubeconfig)
     except WaitTimeout as e:
         log.error("%s", e)
         return EXIT_WAIT_TIMEOUT
+    except RuntimeError as e:  # the API refused (e.g. 403: the service account may not read PyTorchJobs)
+        log.error("cannot read the training job: %s", str(e).splitlines()[0])
+        return EXIT_INPUT
     except TrainingFailed as e:
         log.error("%s; nothing to evaluate", e)
         if args.pushgateway:

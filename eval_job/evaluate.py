@@ -41,7 +41,7 @@ def load_done(directory: Path, settings: dict) -> dict | None:
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     if summary.get("settings") != settings or not (directory / RESULTS).is_file():
-        log.info("%s: settings changed since the last evaluation, evaluating again", directory)
+        log.info("%s: results missing or made with other settings, evaluating again", directory)
         return None
     return summary
 

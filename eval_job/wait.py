@@ -55,13 +55,15 @@ def wait_for_marker(directory: str | Path, timeout: float, poll: float) -> dict:
         time.sleep(poll)
 
 
-def wait_for_pytorchjob(name: str, namespace: str | None, timeout: float, poll: float):
-    """Block until PyTorchJob NAME has Succeeded; raise TrainingFailed if it Failed. Uses the
-    in-cluster service account in a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
+def wait_for_pytorchjob(name: str, namespace: str | None, timeout: float, poll: float,
+                        kubeconfig: str | None = None):
+    """Block until PyTorchJob NAME has Succeeded; raise TrainingFailed if it Failed. Uses `kubeconfig`
+    when given, else the in-cluster service account in a pod, else $KUBECONFIG or ~/.kube/config."""
     from kubeflow.training import TrainingClient
     from kubeflow.training.constants import constants
 
-    client = TrainingClient(namespace=namespace) if namespace else TrainingClient()
+    options = {"namespace": namespace} if namespace else {}
+    client = TrainingClient(config_file=kubeconfig, **options)
     namespace = client.namespace
     done = {constants.JOB_CONDITION_SUCCEEDED, constants.JOB_CONDITION_FAILED}
     deadline = time.monotonic() + timeout
@@ -75,7 +77,11 @@ def wait_for_pytorchjob(name: str, namespace: str | None, timeout: float, poll: 
                                                  wait_timeout=max(remaining, 0), polling_interval=poll)
             break
         except TimeoutError as e:
-            raise WaitTimeout(f"PyTorchJob {namespace}/{name} did not finish within {timeout:.0f} s") from e
+            # Raised both when the client's own wait runs out and when one API request hangs; only
+            # our deadline decides.
+            if time.monotonic() + poll > deadline:
+                raise WaitTimeout(f"PyTorchJob {namespace}/{name} did not finish within {timeout:.0f} s") from e
+            log.warning("PyTorchJob %s/%s: %s (retrying)", namespace, name, e)
         except RuntimeError as e:
             # Retried: the job not existing yet (the evaluator is often created together with it)
             # and connection errors (an API server blip must not lose a day of waiting). Any other

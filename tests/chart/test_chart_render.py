@@ -86,3 +86,19 @@ def test_kubernetes_validate_layer_fails_on_unknown_fields_and_unknown_kinds():
     assert kubernetes_validate_problems([service])
     bogus = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
     assert any(p.startswith("WARN") for p in kubernetes_validate_problems([bogus]))
+
+
+def test_packaged_chart_carries_the_recipe_behind_its_symlinks(tmp_path):
+    # files/recipe.yaml and files/zero*.json link to ../../../recipes/; `helm package` (and so a
+    # chart pushed to a registry) must hold their contents, not dangling links.
+    archive = helm.package(str(CHART), destination=str(tmp_path))
+    with helm.Chart.load(archive) as packaged:
+        files = {f["name"]: f["data"] for f in packaged.files}
+        rendered = packaged.render({}, name="r1v", namespace="r1v")
+    recipes = CHART.parents[1] / "recipes"
+    assert (CHART / "files" / "recipe.yaml").is_symlink()
+    for name, source in {"files/recipe.yaml": "r1v_qwen2vl_2b_clevr.yaml", "files/zero2.json": "zero2.json",
+                         "files/zero3.json": "zero3.json"}.items():
+        assert files[name] == (recipes / source).read_text()
+    assert "num_generations: 8" in rendered["r1v/templates/configmap-recipe.yaml"]
+

@@ -78,9 +78,14 @@ def test_pod_template_basics():
     assert ports("Worker") == {"pytorchjob-port"}  # rank 0 alone serves /metrics
 
 
+def test_gpu_product_adds_to_the_node_selector():
+    pod = replica_pods(_job({"trainer": {"gpuProduct": "NVIDIA-H100-80GB-HBM3", "nodeSelector": {"pool": "a"}}}))["Master"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "pool": "a"}
+
+
 def test_scheduling_overrides_and_nccl_settings_reach_every_pod():
     values = {"nodes": 2,
-              "trainer": {"nodeSelector": {"pool": "h100"}, "tolerations": [],
+              "trainer": {"gpuProduct": "", "nodeSelector": {"pool": "h100"}, "tolerations": [],
                           "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
                               {"topologyKey": "kubernetes.io/hostname",
                                "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "trainer"}}}]}},
@@ -288,7 +293,7 @@ def test_notes_give_exact_commands_for_this_release():
     run = next(l for l in lines if l.startswith("kubectl -n team-a run "))
     overrides = json.loads(shlex.split(run)[-1].split("=", 1)[1])
     assert overrides["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "exp-r1v-data"
-    assert overrides["spec"]["containers"][0]["command"][-1] == "/data/runs/exp-r1v/eval/summary.json"
+    assert overrides["spec"]["containers"][0]["command"][-1] == "/data/runs/exp-r1v/eval/scores.json"
 
 
 def test_helm_test_pod_is_a_test_hook_using_the_evaluator_identity():
@@ -311,7 +316,7 @@ def test_helm_test_pod_is_a_test_hook_using_the_evaluator_identity():
     ({"trainer": {"gpus": 8}}, "gpus"),
     ({"storage": {"existingClaim": "Bad_Name"}}, "/storage/existingClaim"),
     ({"monitoring": {"kind": "Probe"}}, "/monitoring/kind"),
-    ({"trainer": {"nccl": {"OMP_NUM_THREADS": "4"}}}, "/trainer/nccl"),
+    ({"trainer": {"nccl": {"OMP_NUM_THREADS": "4"}}}, "OMP_NUM_THREADS"),
     ({"runPolicy": {"cleanPodPolicy": "Sometimes"}}, "/runPolicy/cleanPodPolicy"),
     ({"trainer": {"tolerations": [{"key": "k", "operater": "Exists"}]}}, "operater"),
 ])
@@ -336,3 +341,11 @@ def test_schema_closes_every_fixed_key_object():
     # And the defaults satisfy it (Helm would refuse to install otherwise).
     with helm.Chart.load(str(CHART)) as chart:
         chart.validate_schema(yaml.safe_load((CHART / "values.yaml").read_text()))
+
+
+def test_evaluator_is_retried_only_when_a_retry_can_help():
+    policy = only(render({}), "Job", "-eval")["spec"]["podFailurePolicy"]["rules"]
+    fail_codes = {code for rule in policy if rule["action"] == "FailJob" for code in rule["onExitCodes"]["values"]}
+    assert 3 in fail_codes        # training failed: evaluating again cannot succeed
+    assert 5 not in fail_codes    # results on disk, push failed: a retry pushes them
+    assert all(r["onExitCodes"]["containerName"] == "evaluator" for r in policy if "onExitCodes" in r)

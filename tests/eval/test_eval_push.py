@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from eval_job import cli, metrics
-from conftest import Pushgateway, free_port
+from r1v_eval_helpers import Pushgateway, free_port
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 
@@ -25,19 +25,25 @@ def test_push_retries_with_backoff_then_names_the_gateway(pushgateway):
 
 
 def test_gateway_down_keeps_results_fails_clearly_and_a_rerun_pushes_without_evaluating(
-        tiny_model, questions, tmp_path, monkeypatch, caplog):
+        copy_model, questions, tmp_path, monkeypatch, caplog):
+    run = copy_model(tmp_path / "down")
+    copy_model(run / "checkpoint-1", step=1)
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}"  # nothing listens there yet
     out = tmp_path / "out"
-    argv = ["--model", str(tiny_model), "--data", str(questions), "--out", str(out), "--max-new-tokens", "4",
-            "--pushgateway", url, "--run", "down", "--push-attempts", "2", "--push-backoff", "0.01"]
+    argv = ["--checkpoints", str(run), "--data", str(questions), "--out", str(out), "--max-new-tokens", "4",
+            "--pushgateway", url, "--push-attempts", "2", "--push-backoff", "0.01"]
     assert cli.main(argv) == cli.EXIT_PUSH_FAILED
-    summary = json.loads((out / "final" / "cot" / "summary.json").read_text())
-    assert summary["evaluated"] == 6 and (out / "final" / "cot" / "results.jsonl").is_file()
+    # Both models were still evaluated and are on disk...
+    summaries = {name: json.loads((out / name / "cot" / "summary.json").read_text())
+                 for name in ("checkpoint-1", "final")}
+    assert all(s["evaluated"] == 6 for s in summaries.values())
+    assert (out / "final" / "cot" / "results.jsonl").is_file()
+    # ...and one clear error: after the first failed push the gateway was not tried again.
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
-    assert f"could not push {{'run': 'down', 'checkpoint': 'final'}} to the Pushgateway at {url} after 2 attempts" \
-        in errors[0]
+    assert (f"could not push {{'run': 'down', 'checkpoint': 'checkpoint-1'}} to the Pushgateway at {url} "
+            "after 2 attempts") in errors[0]
     assert f"The results are on disk in {out}; rerun the same command to push them" in errors[0]
 
     def no_model(*args, **kwargs):
@@ -46,9 +52,12 @@ def test_gateway_down_keeps_results_fails_clearly_and_a_rerun_pushes_without_eva
     gateway = Pushgateway(port, tmp_path / "gateway.log").start()
     try:
         assert cli.main(argv) == 0
-        labels = dict(job="r1v-eval", run="down", checkpoint="final", prompt="cot")
-        assert gateway.value("r1v_eval_accuracy_ratio", **labels) == summary["accuracy"]
-        assert gateway.value("r1v_eval_questions_evaluated", **labels) == 6
+        for name, summary in summaries.items():
+            labels = dict(job="r1v-eval", run="down", checkpoint=name, prompt="cot")
+            assert gateway.value("r1v_eval_accuracy_ratio", **labels) == summary["accuracy"]
+            assert gateway.value("r1v_eval_questions_evaluated", **labels) == 6
+            assert gateway.value("r1v_eval_checkpoint_step", job="r1v-eval", run="down", checkpoint=name) == \
+                summary["step"]
     finally:
         gateway.stop()
 

@@ -29,13 +29,17 @@ def condition(kind: str, status: str = "True", reason: str | None = None, messag
     return {"type": kind, "status": status, "reason": reason or f"PyTorchJob{kind}", "message": message or kind}
 
 
-def jobs_api() -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(config.new_client_from_config())
+def jobs_api(fake) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(config.new_client_from_config(str(fake.kubeconfig_path)))
 
 
 def set_status(api, name, *conditions):
     api.patch_namespaced_custom_object_status("kubeflow.org", "v1", "team", "pytorchjobs", name,
                                               {"status": {"conditions": list(conditions)}})
+
+
+def k8s_args(fake) -> list[str]:
+    return ["--namespace", "team", "--kubeconfig", str(fake.kubeconfig_path), "--poll-interval", "0.1"]
 
 
 def until(predicate, timeout=30.0):
@@ -66,11 +70,11 @@ def test_waits_for_a_job_that_appears_runs_then_succeeds(fake_k8s, tiny_model, q
     out = tmp_path / "out"
     path = JOB_PATH.format(name="r1v-run")
     evaluator = Background(["--model", str(tiny_model), "--data", str(questions), "--out", str(out),
-                            "--max-new-tokens", "4", "--wait-for", "pytorchjob/r1v-run", "--namespace", "team",
-                            "--poll-interval", "0.1", "--pushgateway", pushgateway.url])
+                            "--max-new-tokens", "4", "--wait-for", "pytorchjob/r1v-run", *k8s_args(fake_k8s),
+                            "--pushgateway", pushgateway.url])
     # The job does not exist yet: the evaluator keeps asking instead of failing.
     until(lambda: fake_k8s.requests(f"get {path}") >= 2)
-    api = jobs_api()
+    api = jobs_api(fake_k8s)
     api.create_namespaced_custom_object("kubeflow.org", "v1", "team", "pytorchjobs",
                                         pytorchjob("r1v-run", condition("Created"), condition("Running")))
     seen = fake_k8s.requests(f"get {path}")
@@ -85,13 +89,13 @@ def test_waits_for_a_job_that_appears_runs_then_succeeds(fake_k8s, tiny_model, q
 
 def test_failed_job_exits_nonzero_with_its_reason_and_pushes_a_failure(
         fake_k8s, tiny_model, questions, pushgateway, tmp_path, caplog):
-    api = jobs_api()
+    api = jobs_api(fake_k8s)
     api.create_namespaced_custom_object("kubeflow.org", "v1", "team", "pytorchjobs",
                                         pytorchjob("r1v-bad", condition("Created"), condition("Running")))
     out = tmp_path / "out"
     started = time.time()
     evaluator = Background(["--model", str(tiny_model), "--data", str(questions), "--out", str(out),
-                            "--wait-for", "pytorchjob/r1v-bad", "--namespace", "team", "--poll-interval", "0.1",
+                            "--wait-for", "pytorchjob/r1v-bad", *k8s_args(fake_k8s),
                             "--pushgateway", pushgateway.url])
     until(lambda: fake_k8s.requests(f"get {JOB_PATH.format(name='r1v-bad')}") >= 2)
     message = "PyTorchJob team/r1v-bad is failed because 1 Master replica(s) failed."
@@ -106,14 +110,13 @@ def test_failed_job_exits_nonzero_with_its_reason_and_pushes_a_failure(
 
 
 def test_job_still_running_at_the_timeout_exits_nonzero(fake_k8s, tiny_model, questions, tmp_path, caplog):
-    jobs_api().create_namespaced_custom_object("kubeflow.org", "v1", "team", "pytorchjobs",
+    jobs_api(fake_k8s).create_namespaced_custom_object("kubeflow.org", "v1", "team", "pytorchjobs",
                                                pytorchjob("r1v-slow", condition("Running")))
     rc = cli.main(["--model", str(tiny_model), "--data", str(questions), "--out", str(tmp_path / "out"),
-                   "--wait-for", "pytorchjob/r1v-slow", "--namespace", "team", "--poll-interval", "0.1",
+                   "--wait-for", "pytorchjob/r1v-slow", *k8s_args(fake_k8s),
                    "--timeout", "0.5"])
     assert rc == cli.EXIT_WAIT_TIMEOUT
-    assert "PyTorchJob team/r1v-slow did not finish within 0 s" in caplog.text or \
-        "PyTorchJob team/r1v-slow did not finish within 1 s" in caplog.text
+    assert "PyTorchJob team/r1v-slow did not finish within" in caplog.text
 
 
 def test_marker_mode_waits_for_the_completion_marker(copy_model, questions, tmp_path):
@@ -143,3 +146,17 @@ def test_bad_wait_for_is_a_usage_error(spec, tiny_model, questions, tmp_path):
     with pytest.raises(SystemExit) as e:
         cli.main(["--model", str(tiny_model), "--data", str(questions), "--out", str(tmp_path), "--wait-for", spec])
     assert e.value.code == cli.EXIT_USAGE
+
+
+def test_forbidden_job_fails_at_once_instead_of_waiting(fake_k8s, tiny_model, questions, tmp_path, caplog):
+    import kmock
+
+    # RBAC refusing the evaluator's service account will not fix itself: no point waiting a day.
+    fake_k8s.handler[f"get {JOB_PATH.format(name='r1v-denied')}"] << kmock.KubernetesError(
+        status=403, reason="Forbidden", message="pytorchjobs.kubeflow.org is forbidden")
+    started = time.monotonic()
+    rc = cli.main(["--model", str(tiny_model), "--data", str(questions), "--out", str(tmp_path / "out"),
+                   "--wait-for", "pytorchjob/r1v-denied", *k8s_args(fake_k8s), "--timeout", "60"])
+    assert rc == cli.EXIT_INPUT
+    assert time.monotonic() - started < 30
+    assert "cannot read the training job: Failed to get PyTorchJob: team/r1v-denied. Error: (403)" in caplog.text

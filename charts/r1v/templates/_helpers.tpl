@@ -207,7 +207,11 @@ spec:
   {{- with $v.trainer.priorityClassName }}
   priorityClassName: {{ . }}
   {{- end }}
-  {{- with $v.trainer.nodeSelector }}
+  {{- $selector := deepCopy $v.trainer.nodeSelector }}
+  {{- with $v.trainer.gpuProduct }}
+  {{- $_ := set $selector "nvidia.com/gpu.product" . }}
+  {{- end }}
+  {{- with $selector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}
   {{- end }}

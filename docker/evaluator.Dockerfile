@@ -1,0 +1,59 @@
+# syntax=docker/dockerfile:1
+# The evaluator: `python -m eval_job`, also used for the chart's data preparation and helm test
+# (it has the Hub client and the Kubernetes client). No compiler, no flash-attn, no DeepSpeed.
+# Build from the repository root:
+#   docker build -f docker/evaluator.Dockerfile -t r1v-evaluator:0.1.0 .
+
+# torch's wheels bring their own CUDA libraries, so the minimal CUDA base (driver hooks only) is enough.
+ARG CUDA_VERSION=13.0.1
+ARG UBUNTU=ubuntu24.04
+
+# ---- build: venv and pip, so the runtime image carries neither pip caches nor python3-venv -----
+FROM nvidia/cuda:${CUDA_VERSION}-base-${UBUNTU} AS build
+ENV DEBIAN_FRONTEND=noninteractive
+# Ubuntu's archive drops superseded versions, so apt pins would break rebuilds; the CUDA base tag
+# fixes the distribution release instead.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3.12 python3.12-venv \
+ && rm -rf /var/lib/apt/lists/*
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python3.12 -m venv /opt/venv
+WORKDIR /src
+COPY pyproject.toml docker/pins.py ./
+RUN python pins.py base eval k8s > /tmp/requirements.txt \
+ && pip install --no-cache-dir -r /tmp/requirements.txt
+COPY README.md ./
+COPY r1v_job ./r1v_job
+COPY eval_job ./eval_job
+RUN pip install --no-cache-dir --no-deps .
+
+# ---- runtime -----------------------------------------------------------------------------------
+FROM nvidia/cuda:${CUDA_VERSION}-base-${UBUNTU} AS runtime
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CUDA_VERSION
+LABEL org.opencontainers.image.title="r1v-evaluator" \
+      org.opencontainers.image.description="R1-V SuperCLEVR evaluator, data preparation and helm test image" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="nvidia/cuda:${CUDA_VERSION}-base-ubuntu24.04"
+ENV DEBIAN_FRONTEND=noninteractive
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3.12 ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+RUN userdel --remove ubuntu 2>/dev/null; \
+    useradd --uid 1000 --user-group --create-home --shell /bin/bash r1v
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /opt/r1v
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    HOME=/home/r1v
+USER 1000:1000
+ENTRYPOINT ["python", "-m", "eval_job"]
+CMD ["--help"]
