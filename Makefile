@@ -4,6 +4,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 EXTRAS := train,eval,k8s,demo,dev
 
+IMAGE_REPO ?= ghcr.io/r1v-k8s
+IMAGE_TAG  ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+REVISION   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+BUILDER    ?= $(shell command -v docker >/dev/null 2>&1 && echo docker || echo buildah)
+
 .PHONY: setup tools test demo smoke images bench clean
 
 setup: $(VENV)/.installed
@@ -28,6 +33,11 @@ smoke: setup
 	$(PY) -m r1v_job --config recipes/smoke_cpu.yaml
 
 demo: smoke
+
+# Both images from the repo root; tags default to pyproject's version (= the chart's appVersion).
+images:
+	$(BUILDER) build -f docker/trainer.Dockerfile --build-arg VERSION=$(IMAGE_TAG) --build-arg REVISION=$(REVISION) -t $(IMAGE_REPO)/r1v-trainer:$(IMAGE_TAG) .
+	$(BUILDER) build -f docker/evaluator.Dockerfile --build-arg VERSION=$(IMAGE_TAG) --build-arg REVISION=$(REVISION) -t $(IMAGE_REPO)/r1v-evaluator:$(IMAGE_TAG) .
 
 clean:
 	rm -rf runs .pytest_cache
