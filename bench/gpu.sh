@@ -24,11 +24,13 @@ if (( DRY_RUN )); then
   WORK=runs/bench/gpu-dry-run
   mkdir -p "$WORK"
   MODEL=$WORK/qwen2vl_2b_shrunk.json
-  # The 2B config with small layers: the same config-JSON path and the real 151936-token vocabulary.
+  # The 2B config with small layers and vocabulary, through the same config-JSON path. (The vocabulary is
+  # cut too because, without Triton, TRL's fused LM head scores every prompt position, not only the
+  # completion: with 151936 entries one CPU step took six minutes.)
   "$PY" - "$MODEL" <<'EOF'
 import json, sys
 config = json.load(open("bench/configs/qwen2vl_2b.json"))
-config.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+config.update(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_window_layers=2)
 config["rope_scaling"]["mrope_section"] = [2, 3, 3]  # must sum to head_dim / 2 = 8
 config["vision_config"].update(depth=2, embed_dim=32, num_heads=2, hidden_size=64)
@@ -48,18 +50,21 @@ else
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv | tee "$OUT/nvidia-smi.csv" || true
 fi
 
-# Preflight: name every missing module in a second, not after minutes of model building.
+# Preflight: name every missing module in seconds, not after minutes of model building; then import
+# the trainer itself, which pulls in everything the run needs (and transformers checks its own pins).
 "$PY" - <<'EOF'
 import importlib.util, sys
-needed = ["torch", "torchvision", "transformers", "trl", "accelerate", "datasets", "math_verify", "yaml", "PIL",
-          "prometheus_client", "pyarrow", "pandas", "xxhash", "dill", "multiprocess", "latex2sympy2_extended"]
+needed = ["torch", "transformers", "trl", "accelerate", "datasets", "math_verify", "latex2sympy2_extended", "yaml",
+          "PIL", "prometheus_client", "pyarrow", "pandas", "xxhash", "dill", "multiprocess", "jinja2", "psutil"]
 missing = [name for name in needed if importlib.util.find_spec(name) is None]
-import torch, transformers, trl
-print(f"python {sys.version.split()[0]}, torch {torch.__version__}, transformers {transformers.__version__}, "
-      f"trl {trl.__version__}, liger_kernel {'yes' if importlib.util.find_spec('liger_kernel') else 'no'}, "
-      f"cuda {torch.cuda.is_available() and torch.cuda.get_device_name()}")
 if missing:
     sys.exit(f"missing modules: {', '.join(missing)} (carry their wheels in .whl/)")
+import torch, transformers, trl
+import r1v_job.grpo, bench.harness  # noqa: F401
+print(f"python {sys.version.split()[0]}, torch {torch.__version__}, transformers {transformers.__version__}, "
+      f"trl {trl.__version__}, torchvision {'yes' if importlib.util.find_spec('torchvision') else 'no'}, "
+      f"liger_kernel {'yes' if importlib.util.find_spec('liger_kernel') else 'no'}, "
+      f"cuda {torch.cuda.is_available() and torch.cuda.get_device_name()}", flush=True)
 EOF
 
 # Variant order: the figures the issue asks for first (ours, then the R1-V baseline: one long step

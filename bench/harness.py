@@ -19,6 +19,7 @@ from transformers import TrainerCallback
 from r1v_job.grpo import build_trainer, parse_args
 
 PHASES = ("generation", "ref_logps", "old_logps", "policy_forward", "backward", "optimizer")
+COUNTS = ("generate_calls", "rollouts", "prompt_tokens", "completion_tokens", "image_patches")
 
 # Dense bf16 tensor-core peaks (no sparsity), by a substring of torch.cuda.get_device_name().
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
@@ -31,7 +32,8 @@ class Variant:
     style: `r1v` (R1-V: each micro-step holds one prompt's G rollouts and generates them with one
     `generate(num_return_sequences=G)` call) or `ours` (TRL: one batched `generate` call for every
     prompt of the optimizer step). Options: `mb=N` rollouts per micro-batch (default G, R1-V's 1
-    prompt x G per device), `spg=N` generation rounds per optimizer step (default 1), `gc` gradient
+    prompt x G per device), `rounds=N` generate calls per optimizer step (default 1; TRL's
+    steps_per_generation is then micro-steps / N), `gc` gradient
     checkpointing, `liger` Liger kernels, `warmup=N` / `steps=N` for this variant only, or any
     `recipe_field=value` (YAML value).
     """
@@ -54,7 +56,7 @@ class Variant:
             key, _, value = option.partition("=")
             if key == "mb":
                 variant.micro_batch = int(value)
-            elif key == "spg":
+            elif key == "rounds":
                 variant.generation_rounds = int(value)
             elif key in ("warmup", "steps"):
                 setattr(variant, key, int(value))
@@ -65,7 +67,7 @@ class Variant:
             elif value:
                 variant.overrides[key] = yaml.safe_load(value)
             else:
-                raise ValueError(f"variant {spec!r}: option {option!r} is not mb=, spg=, gc, liger, warmup=, "
+                raise ValueError(f"variant {spec!r}: option {option!r} is not mb=, rounds=, gc, liger, warmup=, "
                                  f"steps= or field=value")
         if style == "r1v" and (variant.micro_batch is not None or variant.generation_rounds != 1):
             raise ValueError(f"variant {spec!r}: r1v fixes the micro-batch at one prompt's G rollouts")
@@ -177,7 +179,8 @@ class PhaseTimer(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self.sync()
         now = time.perf_counter()
-        step = {"step_s": now - self._step_start, **{p: self._phases.get(p, 0.0) for p in PHASES}, **self._counts}
+        step = {"step_s": now - self._step_start, **{p: self._phases.get(p, 0.0) for p in PHASES},
+                **{c: self._counts.get(c, 0) for c in COUNTS}}
         step["other"] = step["step_s"] - sum(step[p] for p in PHASES)
         self.steps.append(step)
         self._phases, self._counts = defaultdict(float), defaultdict(int)
@@ -292,8 +295,7 @@ def summarize(steps: list[dict], params: dict, beta: float, peak_tflops: float |
     step_s, gen_s = median["step_s"], median["generation"]
     return {
         **{key: median[key] for key in ("step_s", *PHASES, "other")},
-        **{key: int(median[key]) for key in ("rollouts", "generate_calls", "prompt_tokens", "completion_tokens",
-                                             "image_patches")},
+        **{key: int(median[key]) for key in COUNTS},
         "rollouts_per_s": median["rollouts"] / step_s,
         "generated_tokens_per_s": median["completion_tokens"] / step_s,
         "generation_rollouts_per_s": median["rollouts"] / gen_s,

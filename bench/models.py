@@ -66,6 +66,8 @@ def save_random_model(config_json: str | Path, out: str | Path, dtype: str = "bf
     model.save_pretrained(out)
     build_processor(tokenizer).save_pretrained(out)
     del model
+    if device == "cuda":  # hand the init copy's memory back before the trainer loads two more
+        torch.cuda.empty_cache()
     return out
 
 

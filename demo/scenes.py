@@ -25,19 +25,21 @@ from pathlib import Path
 from r1v_job.synthetic import (CLEVR_QUESTION, CLEVR_STYLE, SUPERCLEVR_QUESTION, SUPERCLEVR_STYLE, SceneStyle,
                                write_split)
 
-# Scenes are small on purpose: at 56 px a Qwen2-VL image is 2x2 merged patches = 4 visual tokens,
-# which keeps every forward pass (SFT, rollouts, evaluation) cheap on 2 CPU cores.
-DEFAULT_SIZE = 56
+# Scenes are small on purpose: at 112 px a Qwen2-VL image is 4x4 merged patches = 16 visual tokens,
+# which keeps every forward pass (SFT, rollouts, evaluation) cheap on 2 CPU cores. (At 56 px, 4
+# tokens, the tiny model never learned to count in our trials: each token then covers too many objects.)
+DEFAULT_SIZE = 112
 
 
-def train_style(counts: tuple[int, int]) -> SceneStyle:
-    return replace(CLEVR_STYLE, counts=counts)
+def train_style(counts: tuple[int, int], floor: tuple[int, int, int]) -> SceneStyle:
+    return replace(CLEVR_STYLE, counts=counts, background=floor)
 
 
-def heldout_style(counts: tuple[int, int]) -> SceneStyle:
-    # Other shapes, colours and sizes than training (r1v_job.synthetic's SuperCLEVR-like style),
-    # on CLEVR's floor (see the module docstring).
-    return replace(SUPERCLEVR_STYLE, counts=counts, background=CLEVR_STYLE.background)
+def heldout_style(counts: tuple[int, int], floor: tuple[int, int, int],
+                  radius: tuple[float, float]) -> SceneStyle:
+    # Other shapes and colours than training (r1v_job.synthetic's SuperCLEVR-like style), other
+    # sizes, on the training floor (see the module docstring).
+    return replace(SUPERCLEVR_STYLE, counts=counts, background=floor, radius=radius)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class SceneConfig:
     ood_counts: tuple[int, int] = (2, 6)
     # Share of warm-up answers off by one (either way): the starting model should count roughly.
     warmup_noise: float = 0.4
+    floor: tuple[int, int, int] = CLEVR_STYLE.background
+    ood_radius: tuple[float, float] = (0.05, 0.085)
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,7 @@ def write_scenes(out: str | Path, cfg: SceneConfig = SceneConfig()) -> Scenes:
 
     # Distinct seeds per split: write_split seeds its generator with (style name, seed).
     seeds = {name: cfg.seed * 10 + i for i, name in enumerate(("warmup", "train", "eval_id", "eval_ood"))}
-    style = train_style(cfg.train_counts)
+    style = train_style(cfg.train_counts, cfg.floor)
 
     lo, hi = cfg.train_counts
     noise_rng = random.Random(f"warmup-noise-{cfg.seed}")
@@ -108,7 +112,7 @@ def write_scenes(out: str | Path, cfg: SceneConfig = SceneConfig()) -> Scenes:
 
     _write_jsonl(paths.eval_id, _eval_rows(paths.eval_id.parent, style, cfg.eval_id, cfg.size, seeds["eval_id"],
                                            CLEVR_QUESTION))
-    _write_jsonl(paths.eval_ood, _eval_rows(paths.eval_ood.parent, heldout_style(cfg.ood_counts), cfg.eval_ood,
+    _write_jsonl(paths.eval_ood, _eval_rows(paths.eval_ood.parent, heldout_style(cfg.ood_counts, cfg.floor, cfg.ood_radius), cfg.eval_ood,
                                             cfg.size, seeds["eval_ood"], SUPERCLEVR_QUESTION))
     manifest.write_text(json.dumps(wanted, indent=2) + "\n")  # last: its presence means the draw is complete
     return paths

@@ -89,9 +89,11 @@ def control_rows(train_jsonl: Path, n: int) -> list[dict]:
     return rows
 
 
-def sft(model_dir: str | Path, rows: list[dict], out: str | Path, settings: SFTSettings) -> Path:
+def sft(model_dir: str | Path, rows: list[dict], out: str | Path, settings: SFTSettings,
+        save_steps: int | None = None) -> Path:
     """Supervised fine-tuning of `model_dir` on `rows` with TRL's SFTTrainer (loss on the completion
-    only); saves the model and its processor to `out`, and the trainer's log to out/sft_log.json."""
+    only); saves the model and its processor to `out`, and the trainer's log to out/sft_log.json.
+    With `save_steps`, weights-only checkpoints go to out/_trainer/checkpoint-N (for accuracy curves)."""
     import datasets
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import SFTConfig, SFTTrainer
@@ -118,7 +120,9 @@ def sft(model_dir: str | Path, rows: list[dict], out: str | Path, settings: SFTS
         # TRL turns it on by default; on a model this small it only makes each step slower.
         gradient_checkpointing=False,
         logging_steps=5,
-        save_strategy="no",
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        save_only_model=True,
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
@@ -144,8 +148,8 @@ def build_start_model(warmup_jsonl: Path, out: str | Path, size: ModelSize = Mod
 
 
 def supervised_control(start_dir: str | Path, train_jsonl: Path, n_examples: int, out: str | Path,
-                       settings: SFTSettings) -> Path:
-    return sft(start_dir, control_rows(Path(train_jsonl), n_examples), out, settings)
+                       settings: SFTSettings, save_steps: int | None = None) -> Path:
+    return sft(start_dir, control_rows(Path(train_jsonl), n_examples), out, settings, save_steps)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,98 @@
+"""The benchmark harness: variant arithmetic, the 2B config, and one real measured step on the tiny model.
+
+No timing thresholds: a shared CI machine makes any speed assertion flaky. The figures' meaning
+(pinned completion lengths, one generate call against one per prompt) is what is checked.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.harness import Variant
+from bench.models import CONFIG_2B, prepare_model, random_model_config
+from r1v_job.tiny import build_tokenizer
+
+
+def test_variant_batch_arithmetic():
+    # R1-V: one prompt's 8 rollouts per micro-step, a generation round in each of the 16 micro-steps.
+    assert Variant.parse("r1v").batch_fields(16, 8) == {
+        "per_device_train_batch_size": 8, "gradient_accumulation_steps": 16, "steps_per_generation": 1,
+        "generation_batch_size": None}
+    # Ours: the same micro-batches, but one generation round for the whole step.
+    assert Variant.parse("ours").batch_fields(16, 8)["steps_per_generation"] == 16
+    big = Variant.parse("ours:mb=32,gc,rounds=2,warmup=0,beta=0.0")
+    assert big.batch_fields(16, 8) == {"per_device_train_batch_size": 32, "gradient_accumulation_steps": 4,
+                                       "steps_per_generation": 2, "generation_batch_size": None}
+    assert big.overrides == {"gradient_checkpointing": True, "beta": 0.0} and big.warmup == 0
+    with pytest.raises(ValueError):
+        Variant.parse("ours:mb=48").batch_fields(16, 8)  # 128 rollouts do not split into 48s
+    with pytest.raises(ValueError):
+        Variant.parse("r1v:mb=32")
+    with pytest.raises(ValueError):
+        Variant.parse("fast")
+
+
+def test_2b_config_has_the_real_sizes_and_the_tokenizers_ids():
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    tokenizer = build_tokenizer()
+    config = random_model_config(CONFIG_2B, tokenizer)
+    text, vision = config.text_config, config.vision_config
+    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads,
+            text.intermediate_size, text.vocab_size) == (1536, 28, 12, 2, 8960, 151936)
+    assert text.rope_parameters["rope_theta"] == 1e6 and text.rope_parameters["mrope_section"] == [16, 24, 24]
+    assert (vision.depth, vision.embed_dim, vision.num_heads, vision.mlp_ratio, vision.hidden_size,
+            vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size) == (32, 1280, 16, 4, 1536,
+                                                                                          14, 2, 2)
+    assert config.tie_word_embeddings
+    assert config.image_token_id == tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert config.vision_start_token_id == tokenizer.convert_tokens_to_ids("<|vision_start|>")
+    with torch.device("meta"):  # sizes without allocating 2B parameters
+        model = AutoModelForImageTextToText.from_config(config)
+    assert 2.20e9 < sum(p.numel() for p in model.parameters()) < 2.22e9  # Qwen2-VL-2B: 2.21B
+
+
+def test_random_model_from_a_config_json(tmp_path):
+    """The config-JSON path bench/gpu.sh takes, on a shrunken copy of the 2B config."""
+    from transformers import AutoConfig, AutoProcessor
+
+    config = json.loads(CONFIG_2B.read_text())
+    config.update(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2)
+    config["rope_scaling"]["mrope_section"] = [2, 3, 3]
+    config["vision_config"].update(depth=2, embed_dim=32, num_heads=2, hidden_size=64)
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps(config))
+    model_dir = prepare_model(str(small), tmp_path)
+    loaded = AutoConfig.from_pretrained(model_dir)
+    tokenizer = AutoProcessor.from_pretrained(model_dir).tokenizer
+    assert loaded.image_token_id == tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert loaded.text_config.eos_token_id == tokenizer.eos_token_id
+
+
+@pytest.mark.slow
+def test_harness_measures_one_step_of_each_style(tmp_path, tiny_model_dir):
+    from bench.__main__ import main
+
+    out = tmp_path / "bench.json"
+    main(["--model", str(tiny_model_dir), "--recipe", "recipes/smoke_cpu.yaml", "--image-size", "112x112", "--prompts", "2",
+          "--generations", "2", "--completion-length", "4", "--steps", "1", "--warmup", "0",
+          "--variants", "ours", "r1v", "--workdir", str(tmp_path / "work"), "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["rollouts_per_step"] == 4 and report["baseline"] == "r1v"
+    by_name = {result["variant"]: result for result in report["results"]}
+    for name, calls in (("ours", 1), ("r1v", 2)):
+        result = by_name[name]
+        assert "error" not in result, result.get("error")
+        summary = result["summary"]
+        assert summary["generate_calls"] == calls  # one batched call against one per prompt
+        assert summary["rollouts"] == 4
+        assert summary["completion_tokens"] == 4 * 4  # min_new_tokens pins every completion's length
+        for key in ("step_s", "generation", "ref_logps", "policy_forward", "backward", "optimizer",
+                    "rollouts_per_s", "generated_tokens_per_s", "generation_tokens_per_s", "tflop_per_step"):
+            assert summary[key] > 0, key
+        assert result["peak_memory_bytes"] > 0 and result["speedup"] > 0
+        assert len(result["steps"]) == 1
