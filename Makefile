@@ -34,6 +34,10 @@ smoke: setup
 
 demo: smoke
 
+# CPU speed table of docs/performance.md (the GPU one: bash bench/gpu.sh on a GPU machine).
+bench: setup
+	$(PY) -m bench --model tiny --recipe recipes/smoke_cpu.yaml --image-size 112x112 --threads 1 --steps 3 --warmup 1 --variants r1v ours ours:mb=32 ours:mb=128 --out runs/bench/cpu_tiny.json
+
 # Both images from the repo root; tags default to pyproject's version (= the chart's appVersion).
 images:
 	$(BUILDER) build -f docker/trainer.Dockerfile --build-arg VERSION=$(IMAGE_TAG) --build-arg REVISION=$(REVISION) -t $(IMAGE_REPO)/r1v-trainer:$(IMAGE_TAG) .

@@ -37,11 +37,12 @@ STAGE_FILE = "demo_stage.json"
 
 @dataclass(frozen=True)
 class DemoConfig:
-    scenes: SceneConfig = SceneConfig(warmup=3000)
+    scenes: SceneConfig = SceneConfig(warmup=4000)
     model: ModelSize = ModelSize()
-    warmup: SFTSettings = SFTSettings(epochs=2)
-    # The control continues the warm-up's supervised recipe (same learning rate) on GRPO's rows.
-    control: SFTSettings = SFTSettings()
+    warmup: SFTSettings = SFTSettings(epochs=3)
+    # The control's optimizer settings; its learning rate, schedule, batch of prompts and number of
+    # steps are GRPO's (see run_demo), so that only the learning signal differs.
+    control: SFTSettings = SFTSettings(warmup_ratio=0.0)
     # Overrides of recipes/demo_cpu.yaml fields, as `--field value` for r1v_job.
     grpo: dict = field(default_factory=dict)
     eval_prompts: tuple[str, ...] = ("cot", "direct")
@@ -185,7 +186,10 @@ def run_demo(out: str | Path = "runs/demo", cfg: DemoConfig = FULL, pushgateway:
     control_dir = out / "models" / "sft_control"
     # Same rows, same batch of prompts per step, hence the same number of optimizer steps, and
     # checkpoints at the same steps as GRPO's for the accuracy curve.
-    control = replace(cfg.control, batch_size=per_step, epochs=1.0, max_steps=-1)
+    # AdamW's step size is set by the learning rate whatever the scale of the loss, so equal rates,
+    # schedules and step counts give the two runs the same budget of parameter movement.
+    control = replace(cfg.control, batch_size=per_step, epochs=1.0, max_steps=-1,
+                      learning_rate=float(fields["learning_rate"]))
     fp_control = _fingerprint(fp_start, n_examples, asdict(control), fields.get("save_steps"))
     if not _done(control_dir, fp_control):
         timed("sft_control", supervised_control, start_dir, scenes.train, n_examples, _fresh(control_dir), control,

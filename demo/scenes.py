@@ -53,9 +53,9 @@ class SceneConfig:
     train_counts: tuple[int, int] = (1, 6)
     ood_counts: tuple[int, int] = (2, 6)
     # Share of warm-up answers off by one (either way): the starting model should count roughly.
-    warmup_noise: float = 0.4
+    warmup_noise: float = 0.3
     floor: tuple[int, int, int] = CLEVR_STYLE.background
-    ood_radius: tuple[float, float] = (0.05, 0.085)
+    ood_radius: tuple[float, float] = (0.07, 0.115)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,9 @@ class ModelSize:
     hidden_size: int = 128
     layers: int = 2
     heads: int = 4
-    vision_dim: int = 64
+    # The vision tower is the bottleneck: with 64 dims the model had not learned to count after
+    # 800 steps; with 128 it counted about half the in-distribution scenes right by then.
+    vision_dim: int = 128
     vision_depth: int = 2
 
     def kwargs(self) -> dict:

@@ -33,8 +33,12 @@ def test_seed_recipe_gives_r1v_batch_on_one_node_and_scales_with_nodes():
     assert step_batch(train, world_size=8) == (16, 128)  # R1-V: 16 prompts x 8 rollouts
     assert step_batch(train, world_size=16) == (32, 256)  # 2 nodes
     assert step_batch(train, world_size=32) == (64, 512)  # 4 nodes
+    # R1-V's own split (8 completions x 2 accumulation steps) is the same batch.
+    _, r1v, _ = _seed("--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "2",
+                      "--steps_per_generation", "2")
+    assert step_batch(r1v, world_size=8) == (16, 128)
     # The recipe's comment: how to keep 128 rollouts per step on 2 and 4 nodes.
-    _, two, _ = _seed("--gradient_accumulation_steps", "1", "--steps_per_generation", "1")
+    _, two, _ = _seed("--per_device_train_batch_size", "8")
     assert step_batch(two, world_size=16) == (16, 128)
     # (4 completions per device only parses with >= 2 processes: TRL checks whole groups per batch.)
     four = copy.copy(two)
