@@ -33,13 +33,18 @@ log = logging.getLogger("demo")
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "demo_cpu.yaml"
 STAGE_FILE = "demo_stage.json"
+# Every process runs one thread, and the two independent branches after the warm-up (GRPO; the SFT
+# control and the start model's scoring) run side by side, one per core. For a model this small,
+# intra-op threads buy little, and on a shared machine two threads per process made each SFT step
+# several times slower than one (thread contention), while two one-thread processes keep both cores busy.
+THREADS = 1
 
 
 @dataclass(frozen=True)
 class DemoConfig:
     scenes: SceneConfig = SceneConfig(warmup=4000)
     model: ModelSize = ModelSize()
-    warmup: SFTSettings = SFTSettings(epochs=3)
+    warmup: SFTSettings = SFTSettings(epochs=4)
     # The control's optimizer settings; its learning rate, schedule, batch of prompts and number of
     # steps are GRPO's (see run_demo), so that only the learning signal differs.
     control: SFTSettings = SFTSettings(warmup_ratio=0.0)
@@ -108,16 +113,25 @@ def _cli_value(value) -> str:
     return str(value)
 
 
-def run_cmd(cmd: list[str], log_file: Path) -> None:
-    """Run an entry point, its output teed to `log_file`; fail loudly with the tail on error."""
+def start_cmd(cmd: list[str], log_file: Path) -> tuple[subprocess.Popen, list[str], Path, float]:
+    """Start an entry point in the background, its output in `log_file`."""
     log.info("$ %s", " ".join(cmd))
-    start = time.perf_counter()
     with log_file.open("w") as fh:
-        proc = subprocess.run(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=_child_env())
-    if proc.returncode != 0:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=_child_env())
+    return proc, cmd, log_file, time.perf_counter()
+
+
+def wait_cmd(job: tuple[subprocess.Popen, list[str], Path, float]) -> None:
+    """Wait for a started entry point; fail loudly with the tail of its log on error."""
+    proc, cmd, log_file, start = job
+    if proc.wait() != 0:
         tail = "".join(log_file.read_text().splitlines(keepends=True)[-30:])
         raise RuntimeError(f"{cmd[2]} exited {proc.returncode} (log {log_file}):\n{tail}")
-    log.info("  done in %.0f s (log %s)", time.perf_counter() - start, log_file)
+    log.info("  %s done in %.0f s (log %s)", cmd[2], time.perf_counter() - start, log_file)
+
+
+def run_cmd(cmd: list[str], log_file: Path) -> None:
+    wait_cmd(start_cmd(cmd, log_file))
 
 
 def _child_env() -> dict:
@@ -125,16 +139,17 @@ def _child_env() -> dict:
     # The repository's packages resolve from any working directory and in an uninstalled checkout.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # One thread per process (see THREADS).
+    env.setdefault("OMP_NUM_THREADS", str(THREADS))
     return env
 
 
-def train_grpo(start: Path, train_jsonl: Path, out: Path, overrides: dict, logs: Path) -> Path:
+def start_grpo(start: Path, train_jsonl: Path, out: Path, overrides: dict, logs: Path):
     args = {"model_name_or_path": str(start), "dataset_name": str(train_jsonl), "output_dir": str(out), **overrides}
     cmd = [sys.executable, "-m", "r1v_job", "--config", str(RECIPE)]
     for name, value in args.items():
         cmd += [f"--{name}", _cli_value(value)]
-    run_cmd(cmd, logs / "grpo.log")
-    return out
+    return start_cmd(cmd, logs / "grpo.log")
 
 
 def evaluate(model: Path, data: Path, out: Path, benchmark: str, cfg: DemoConfig, logs: Path,
@@ -165,6 +180,9 @@ def run_demo(out: str | Path = "runs/demo", cfg: DemoConfig = FULL, pushgateway:
         timings[name] = round(time.perf_counter() - start, 1)
         return result
 
+    import torch
+
+    torch.set_num_threads(THREADS)  # this process's own training (warm-up, SFT control); see THREADS
     scenes = timed("scenes", write_scenes, out / "scenes", cfg.scenes)
 
     start_dir = out / "models" / "start"
@@ -179,42 +197,61 @@ def run_demo(out: str | Path = "runs/demo", cfg: DemoConfig = FULL, pushgateway:
     grpo_overrides = {**cfg.grpo, "max_train_samples": n_examples}
     grpo_dir = out / "grpo"
     fp_grpo = _fingerprint(fp_start, fields, grpo_overrides, RECIPE.read_text())
+    grpo_job = None
     if not _done(grpo_dir, fp_grpo):
-        timed("grpo", train_grpo, start_dir, scenes.train, _fresh(grpo_dir), grpo_overrides, logs)
-        _mark(grpo_dir, fp_grpo)
+        grpo_started = time.perf_counter()
+        grpo_job = start_grpo(start_dir, scenes.train, _fresh(grpo_dir), grpo_overrides, logs)
 
-    control_dir = out / "models" / "sft_control"
-    # Same rows, same batch of prompts per step, hence the same number of optimizer steps, and
-    # checkpoints at the same steps as GRPO's for the accuracy curve.
-    # AdamW's step size is set by the learning rate whatever the scale of the loss, so equal rates,
-    # schedules and step counts give the two runs the same budget of parameter movement.
-    control = replace(cfg.control, batch_size=per_step, epochs=1.0, max_steps=-1,
-                      learning_rate=float(fields["learning_rate"]))
-    fp_control = _fingerprint(fp_start, n_examples, asdict(control), fields.get("save_steps"))
-    if not _done(control_dir, fp_control):
-        timed("sft_control", supervised_control, start_dir, scenes.train, n_examples, _fresh(control_dir), control,
-              save_steps=fields.get("save_steps"))
-        _mark(control_dir, fp_control)
+    try:
+        # While GRPO trains (its own process): the SFT control, and the scores of the models that exist.
+        control_dir = out / "models" / "sft_control"
+        # Same rows, same batch of prompts per step, hence the same number of optimizer steps, and
+        # checkpoints at the same steps as GRPO's for the accuracy curve. AdamW's step size is set by
+        # the learning rate whatever the scale of the loss, so equal rates, schedules and step counts
+        # give both runs the same budget of parameter movement: only the learning signal differs.
+        control = replace(cfg.control, batch_size=per_step, epochs=1.0, max_steps=-1,
+                          learning_rate=float(fields["learning_rate"]))
+        fp_control = _fingerprint(fp_start, n_examples, asdict(control), fields.get("save_steps"))
+        if not _done(control_dir, fp_control):
+            timed("sft_control", supervised_control, start_dir, scenes.train, n_examples, _fresh(control_dir), control,
+                  save_steps=fields.get("save_steps"))
+            _mark(control_dir, fp_control)
 
-    models = {"start": (start_dir, None, fp_start),
-              "sft_control": (control_dir, control_dir / "_trainer", fp_control),
-              "grpo": (grpo_dir, grpo_dir, fp_grpo)}
-    splits = {"heldout": scenes.eval_ood, "in_dist": scenes.eval_id}
-    eval_root = out / "eval"
-    start = time.perf_counter()
-    for name, (model_dir, ckpts, fp_model) in models.items():
-        for split, data in splits.items():
-            folder = eval_root / name / split
-            fp_eval = _fingerprint(fp_model, asdict(cfg.scenes), cfg.eval_prompts, cfg.eval_max_new_tokens)
-            if _done(folder, fp_eval):
-                continue
-            _fresh(folder)
-            # Every checkpoint is scored on the held-out split (the accuracy curve); the
-            # in-distribution split is scored for the final models only.
-            evaluate(model_dir, data, folder, split, cfg, logs, checkpoints=ckpts if split == "heldout" else None,
-                     pushgateway=pushgateway, run=f"{run_name}-{name}")
-            _mark(folder, fp_eval)
-    timings["evaluation"] = round(time.perf_counter() - start, 1)
+        splits = {"heldout": scenes.eval_ood, "in_dist": scenes.eval_id}
+        eval_root = out / "eval"
+
+        def score(name: str, model_dir: Path, ckpts: Path | None, fp_model: str) -> None:
+            for split, data in splits.items():
+                folder = eval_root / name / split
+                fp_eval = _fingerprint(fp_model, asdict(cfg.scenes), cfg.eval_prompts, cfg.eval_max_new_tokens)
+                if _done(folder, fp_eval):
+                    if not pushgateway:
+                        continue
+                    # Finished before: eval_job reuses its results and only pushes them.
+                else:
+                    _fresh(folder)
+                # Every checkpoint is scored on the held-out split (the accuracy curve); the
+                # in-distribution split is scored for the final models only. The run label names
+                # the split: a Pushgateway push replaces its whole {run, checkpoint} group.
+                evaluate(model_dir, data, folder, split, cfg, logs, checkpoints=ckpts if split == "heldout" else None,
+                         pushgateway=pushgateway, run=f"{run_name}-{name}-{split}")
+                _mark(folder, fp_eval)
+
+        started = time.perf_counter()
+        score("start", start_dir, None, fp_start)
+        score("sft_control", control_dir, control_dir / "_trainer", fp_control)
+        timings["evaluation"] = round(time.perf_counter() - started, 1)
+        if grpo_job is not None:
+            wait_cmd(grpo_job)
+            timings["grpo"] = round(time.perf_counter() - grpo_started, 1)
+            _mark(grpo_dir, fp_grpo)
+    except BaseException:
+        if grpo_job is not None and grpo_job[0].poll() is None:
+            grpo_job[0].kill()  # no orphaned trainer when the other branch fails or is interrupted
+        raise
+    started = time.perf_counter()
+    score("grpo", grpo_dir, grpo_dir, fp_grpo)
+    timings["evaluation"] += round(time.perf_counter() - started, 1)
 
     summary = report.build_summary(eval_root, grpo_dir, cfg.eval_prompts, n_examples=n_examples, per_step=per_step,
                                    max_steps=fields["max_steps"])

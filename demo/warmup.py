@@ -7,7 +7,7 @@ emits <think>...</think><answer>N</answer> and counts roughly: it plays Qwen2-VL
 `supervised_control` is the same supervised training continued from the warmed-up model, on the
 very rows GRPO trained on, with their exact answers: the "more SFT instead of RL" baseline.
 
-    python -m demo.warmup --scenes runs/demo/scenes --out runs/demo/models/start
+    python -m demo.warmup --warmup-jsonl runs/demo/scenes/warmup/data.jsonl --out runs/demo/models/start
 """
 
 from __future__ import annotations
