@@ -48,7 +48,7 @@ def test_trainer_command_is_torchrun_over_the_recipe_with_the_allowed_overrides(
     assert flags["--output_dir"] == "/data/runs/exp1"
     assert flags["--model_name_or_path"] == "/data/models/Qwen2-VL-2B-Instruct"
     assert flags["--dataset_name"] == "/data/datasets/clevr_cogen_a_train"
-    assert flags["--deepspeed"] == "/etc/r1v/zero3.json"
+    assert flags["--deepspeed"] == "/etc/r1v/zero2.json"
     assert flags["--metrics_port"] == "8000"
     assert argv[-2:] == ["--max_steps", "200"]
     # torchrun takes its topology from the operator's PET_* env, so the chart must not pin it.

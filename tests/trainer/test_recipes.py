@@ -23,7 +23,7 @@ def test_seed_recipe_sets_r1v_hyperparameters_explicitly():
     assert train.num_generations == 8 and train.max_completion_length == 256
     assert train.gradient_checkpointing is False and train.bf16 is True
     assert train.lr_scheduler_type == "linear" and train.warmup_steps == 0
-    assert train.deepspeed == "recipes/zero3.json" and train.max_steps == 100
+    assert train.deepspeed == "recipes/zero2.json" and train.max_steps == 100
     assert script.reward_funcs == ["accuracy_reward", "format_reward"]
     assert (script.min_pixels, script.max_pixels) == (3136, 401408)
 
