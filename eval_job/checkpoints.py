@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+# The trainer's own rules for what a complete checkpoint is (stdlib only: no trl in this image).
+from r1v_job.checkpoints import COMPLETION_MARKER as MARKER
+from r1v_job.checkpoints import checkpoint_problem, checkpoints_by_step
+
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
-MARKER = "training_complete.json"
 FINAL = "final"
 
 
@@ -37,15 +38,13 @@ def _global_step(path: Path) -> int | None:
 def find_checkpoints(directory: str | Path) -> list[Target]:
     """Complete checkpoint-N folders of `directory`, in step order."""
     found = []
-    for child in Path(directory).iterdir():
-        match = CHECKPOINT_DIR.match(child.name)
-        if not match or not child.is_dir():
+    for step, path in checkpoints_by_step(directory):
+        problem = checkpoint_problem(path)
+        if problem:
+            log.info("skipping %s: %s", path, problem)
             continue
-        if not (child / "trainer_state.json").is_file():
-            log.info("skipping %s: no trainer_state.json yet (incomplete checkpoint)", child)
-            continue
-        step = _global_step(child / "trainer_state.json")
-        found.append(Target(child.name, child, step if step is not None else int(match.group(1))))
+        recorded = _global_step(path / "trainer_state.json")
+        found.append(Target(path.name, path, step if recorded is None else recorded))
     return sorted(found, key=lambda t: t.step)
 
 

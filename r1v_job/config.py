@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from trl import ScriptArguments
 
+from .checkpoints import COMPLETION_MARKER
+
 
 @dataclass
 class R1VScriptArguments(ScriptArguments):
@@ -37,7 +39,7 @@ class R1VScriptArguments(ScriptArguments):
         metadata={"help": "Resume from the newest complete checkpoint in output_dir, skipping half-written ones."},
     )
     completion_marker: str = field(
-        default="training_complete.json",
+        default=COMPLETION_MARKER,
         metadata={"help": "File written in output_dir once the final model is saved; the evaluator waits on it."},
     )
     offline_bootstrap: bool = field(

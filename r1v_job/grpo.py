@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoProcessor, PrinterCallback, ProgressCallback
+from transformers import AutoProcessor, PrinterCallback
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser
 
 from .checkpoints import latest_complete_checkpoint, write_completion_marker
@@ -96,10 +96,9 @@ def build_trainer(script_args: R1VScriptArguments, training_args: GRPOConfig, mo
         callbacks=[PrometheusCallback(script_args.metrics_port, script_args.reward_funcs),
                    StepLogCallback(script_args.reward_funcs), *(callbacks or [])],
     )
-    # One readable line per step (StepLogCallback) instead of a dict dump or a progress bar.
+    # One readable line per step (StepLogCallback) instead of transformers' dict dump (it replaces
+    # the progress bar when disable_tqdm is set, as in our recipes).
     trainer.remove_callback(PrinterCallback)
-    if training_args.disable_tqdm:
-        trainer.remove_callback(ProgressCallback)
     return trainer
 
 

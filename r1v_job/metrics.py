@@ -10,6 +10,7 @@ import logging
 import time
 from datetime import timedelta
 
+import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from transformers import TrainerCallback
 
@@ -88,8 +89,6 @@ class PrometheusCallback(TrainerCallback):
         self.metrics.rollouts.inc(rollouts)
         self.metrics.prompts.inc(prompts)
         self.metrics.global_step.set(state.global_step)
-        import torch
-
         if torch.cuda.is_available():
             device = torch.cuda.current_device()
             self.metrics.gpu_allocated.labels(str(device)).set(torch.cuda.memory_allocated(device))

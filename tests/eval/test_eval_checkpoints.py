@@ -13,6 +13,7 @@ from eval_job.checkpoints import find_targets
 def test_checkpoints_are_ordered_by_step_and_incomplete_ones_skipped(tmp_path):
     for n in (2, 10, 9, 4):
         (tmp_path / f"checkpoint-{n}").mkdir()
+        (tmp_path / f"checkpoint-{n}" / "model.safetensors").write_bytes(b"weights")
         if n != 4:  # checkpoint-4 is still being written: no trainer_state.json yet
             (tmp_path / f"checkpoint-{n}" / "trainer_state.json").write_text(json.dumps({"global_step": n}))
     (tmp_path / "checkpoint-x").mkdir()
