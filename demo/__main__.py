@@ -35,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = QUICK if args.quick else FULL
     cfg = replace(cfg, grpo={**cfg.grpo, **dict(args.overrides)})
-    run_demo(args.out, cfg, pushgateway=args.pushgateway, run_name=args.run)
+    try:
+        run_demo(args.out, cfg, pushgateway=args.pushgateway, run_name=args.run)
+    except ValueError as err:  # settings that cannot run together: say which, without a traceback
+        p.error(str(err))
     return 0
 
 

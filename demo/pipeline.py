@@ -42,7 +42,7 @@ THREADS = 1
 
 @dataclass(frozen=True)
 class DemoConfig:
-    scenes: SceneConfig = SceneConfig(warmup=4000)
+    scenes: SceneConfig = SceneConfig(warmup=4000, train=2000)
     model: ModelSize = ModelSize()
     warmup: SFTSettings = SFTSettings(epochs=4)
     # The control's optimizer settings; its learning rate, schedule, batch of prompts and number of
@@ -180,6 +180,13 @@ def run_demo(out: str | Path = "runs/demo", cfg: DemoConfig = FULL, pushgateway:
         timings[name] = round(time.perf_counter() - start, 1)
         return result
 
+    fields = recipe_fields(cfg.grpo)
+    per_step, n_examples = grpo_examples(fields)
+    if n_examples > cfg.scenes.train:
+        # Fewer rows would make GRPO loop over them again while the control saw each row once.
+        raise ValueError(f"GRPO needs {n_examples} training scenes (max_steps {fields['max_steps']} x {per_step} prompts "
+                         f"per step) but SceneConfig.train draws {cfg.scenes.train}")
+
     import torch
 
     torch.set_num_threads(THREADS)  # this process's own training (warm-up, SFT control); see THREADS
@@ -191,8 +198,6 @@ def run_demo(out: str | Path = "runs/demo", cfg: DemoConfig = FULL, pushgateway:
         timed("warmup", build_start_model, scenes.warmup, _fresh(start_dir), cfg.model, cfg.warmup)
         _mark(start_dir, fp_start)
 
-    fields = recipe_fields(cfg.grpo)
-    per_step, n_examples = grpo_examples(fields)
     # GRPO gets exactly the first n_examples rows, one epoch: the control then trains on the same rows.
     grpo_overrides = {**cfg.grpo, "max_train_samples": n_examples}
     grpo_dir = out / "grpo"

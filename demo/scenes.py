@@ -31,34 +31,15 @@ from r1v_job.synthetic import (CLEVR_QUESTION, CLEVR_STYLE, SUPERCLEVR_QUESTION,
 DEFAULT_SIZE = 112
 
 
-def train_style(counts: tuple[int, int], floor: tuple[int, int, int]) -> SceneStyle:
-    return replace(CLEVR_STYLE, counts=counts, background=floor)
-
-
-# CLEVR's shapes only: the held-out split's triangle, diamond and cross stay unseen by every model.
-# (Five extra shapes in the warm-up made the tiny model stall: no counting after 800 steps.)
-WARMUP_SHAPES = CLEVR_STYLE.shapes
-
-
-def warmup_style(counts: tuple[int, int], floor: tuple[int, int, int], seed: int) -> SceneStyle:
-    """CLEVR's shapes in many colours and a wide range of sizes: the broader "pretraining" the
-    starting model gets (the Instruct model has seen far more than CLEVR). Never the held-out shapes."""
-    rng = random.Random(f"warmup-palette-{seed}")
-    palette = []
-    while len(palette) < 48:
-        colour = tuple(rng.randrange(256) for _ in range(3))
-        # Skip colours too close to the floor: an invisible object makes a wrong label.
-        if sum(abs(c - f) for c, f in zip(colour, floor)) > 90:
-            palette.append(colour)
-    return replace(CLEVR_STYLE, name="warmup", counts=counts, background=floor, colours=tuple(palette),
-                   radius=(0.045, 0.12), shapes=WARMUP_SHAPES)
+def train_style(counts: tuple[int, int], floor: tuple[int, int, int], cell: int) -> SceneStyle:
+    return replace(CLEVR_STYLE, counts=counts, background=floor, cell=cell)
 
 
 def heldout_style(counts: tuple[int, int], floor: tuple[int, int, int],
-                  radius: tuple[float, float]) -> SceneStyle:
+                  radius: tuple[float, float], cell: int) -> SceneStyle:
     # Other shapes and colours than training (r1v_job.synthetic's SuperCLEVR-like style), other
     # sizes, on the training floor (see the module docstring).
-    return replace(SUPERCLEVR_STYLE, counts=counts, background=floor, radius=radius)
+    return replace(SUPERCLEVR_STYLE, counts=counts, background=floor, radius=radius, cell=cell)
 
 
 @dataclass(frozen=True)
@@ -75,9 +56,9 @@ class SceneConfig:
     warmup_noise: float = 0.3
     floor: tuple[int, int, int] = CLEVR_STYLE.background
     ood_radius: tuple[float, float] = (0.07, 0.115)
-    # The warm-up's style: CLEVR's (False) or CLEVR's shapes in random colours and sizes (True);
-    # docs/demo.md reports both.
-    broad_warmup: bool = False
+    # One object per 28-px cell, the patch a Qwen2-VL visual token covers (14-px patches, 2x2
+    # merged): see r1v_job.synthetic._cell_places and docs/demo.md. 0 places objects anywhere.
+    cell: int = 28
 
 
 @dataclass(frozen=True)
@@ -118,13 +99,12 @@ def write_scenes(out: str | Path, cfg: SceneConfig = SceneConfig()) -> Scenes:
 
     # Distinct seeds per split: write_split seeds its generator with (style name, seed).
     seeds = {name: cfg.seed * 10 + i for i, name in enumerate(("warmup", "train", "eval_id", "eval_ood"))}
-    style = train_style(cfg.train_counts, cfg.floor)
+    style = train_style(cfg.train_counts, cfg.floor, cfg.cell)
 
     lo, hi = cfg.train_counts
     noise_rng = random.Random(f"warmup-noise-{cfg.seed}")
     warm = []
-    warm_style = warmup_style(cfg.train_counts, cfg.floor, cfg.seed) if cfg.broad_warmup else style
-    for rel, count in write_split(paths.warmup.parent, warm_style, cfg.warmup, cfg.size, seeds["warmup"]):
+    for rel, count in write_split(paths.warmup.parent, style, cfg.warmup, cfg.size, seeds["warmup"]):
         warm.append({"image": rel, "problem": CLEVR_QUESTION, "count": count,
                      "answer": rough_count(count, cfg.warmup_noise, lo, hi, noise_rng)})
     _write_jsonl(paths.warmup, warm)
@@ -135,7 +115,8 @@ def write_scenes(out: str | Path, cfg: SceneConfig = SceneConfig()) -> Scenes:
 
     _write_jsonl(paths.eval_id, _eval_rows(paths.eval_id.parent, style, cfg.eval_id, cfg.size, seeds["eval_id"],
                                            CLEVR_QUESTION))
-    _write_jsonl(paths.eval_ood, _eval_rows(paths.eval_ood.parent, heldout_style(cfg.ood_counts, cfg.floor, cfg.ood_radius), cfg.eval_ood,
-                                            cfg.size, seeds["eval_ood"], SUPERCLEVR_QUESTION))
+    heldout = heldout_style(cfg.ood_counts, cfg.floor, cfg.ood_radius, cfg.cell)
+    _write_jsonl(paths.eval_ood, _eval_rows(paths.eval_ood.parent, heldout, cfg.eval_ood, cfg.size, seeds["eval_ood"],
+                                            SUPERCLEVR_QUESTION))
     manifest.write_text(json.dumps(wanted, indent=2) + "\n")  # last: its presence means the draw is complete
     return paths

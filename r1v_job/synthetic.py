@@ -38,6 +38,9 @@ class SceneStyle:
     radius: tuple[float, float]  # object radius as a fraction of the image side, min..max
     counts: tuple[int, int]  # inclusive range of objects per scene
     background: tuple[int, int, int]
+    # 0: objects anywhere, apart from each other. N > 0: at most one object per N x N pixel cell of
+    # the image, wholly inside it (see draw_scene).
+    cell: int = 0
 
 
 # CLEVR: cubes, spheres, cylinders in CLEVR's eight colours, two sizes, on grey.
@@ -85,6 +88,12 @@ def draw_scene(style: SceneStyle, count: int, size: int, rng: random.Random) -> 
     """`count` non-overlapping objects of `style` on a `size`x`size` image."""
     image = Image.new("RGB", (size, size), style.background)
     draw = ImageDraw.Draw(image)
+    for cx, cy, r in (_cell_places if style.cell else _free_places)(style, count, size, rng):
+        _draw(draw, rng.choice(style.shapes), cx, cy, r, rng.choice(style.colours))
+    return image
+
+
+def _free_places(style: SceneStyle, count: int, size: int, rng: random.Random):
     placed: list[tuple[float, float, float]] = []
     attempts = 0
     while len(placed) < count:
@@ -96,8 +105,22 @@ def draw_scene(style: SceneStyle, count: int, size: int, rng: random.Random) -> 
         # Keep a gap between objects so every object stays countable.
         if all((cx - x) ** 2 + (cy - y) ** 2 > (r + q + 2) ** 2 for x, y, q in placed):
             placed.append((cx, cy, r))
-            _draw(draw, rng.choice(style.shapes), cx, cy, r, rng.choice(style.colours))
-    return image
+    return placed
+
+
+def _cell_places(style: SceneStyle, count: int, size: int, rng: random.Random):
+    # Each object inside its own cell. With the cell equal to what one visual token sees (Qwen2-VL:
+    # 28 px), no token holds parts of two objects, as at real resolution, where a CLEVR object
+    # spans many tokens; a tiny image with free placement splits objects across tokens instead.
+    per_row = size // style.cell
+    if count > per_row * per_row:
+        raise ValueError(f"cannot place {count} objects of style {style.name} in {per_row}x{per_row} cells")
+    places = []
+    for index in rng.sample(range(per_row * per_row), count):
+        r = min(rng.uniform(*style.radius) * size, style.cell / 2 - 1)
+        x0, y0 = (index % per_row) * style.cell, (index // per_row) * style.cell
+        places.append((x0 + rng.uniform(r + 1, style.cell - r - 1), y0 + rng.uniform(r + 1, style.cell - r - 1), r))
+    return places
 
 
 def write_split(out: Path, style: SceneStyle, n: int, size: int, seed: int):

@@ -1,4 +1,5 @@
-"""Session-wide fixtures: one tiny offline Qwen2-VL and one set of synthetic scenes for all tests."""
+"""Session-wide fixtures: one tiny offline Qwen2-VL, one set of synthetic scenes and one real Pushgateway
+(Debian's prometheus-pushgateway on a loopback port) for all tests."""
 
 import os
 
@@ -23,3 +24,12 @@ def clevr_train(tmp_path_factory):
     from r1v_job.synthetic import write_clevr_train
 
     return write_clevr_train(tmp_path_factory.mktemp("scenes") / "clevr", 24, size=112, seed=0)
+
+
+@pytest.fixture(scope="session")
+def pushgateway(tmp_path_factory):
+    from tests.eval.r1v_eval_helpers import Pushgateway, free_port
+
+    gateway = Pushgateway(free_port(), tmp_path_factory.mktemp("pushgateway") / "log").start()
+    yield gateway
+    gateway.stop()

@@ -15,10 +15,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory) -> Path:
+def quick_run(tmp_path_factory, pushgateway) -> Path:
     out = tmp_path_factory.mktemp("demo")
-    proc = subprocess.run([sys.executable, "-m", "demo", "--quick", "--out", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "demo", "--quick", "--out", str(out), "--pushgateway", pushgateway.url,
+                           "--run", "quick"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out
 
@@ -61,7 +61,39 @@ def test_summary_and_plot_written(quick_run):
     grpo_steps = [p["step"] for p in summary["heldout_curves"]["grpo"]["cot"]]
     assert len(grpo_steps) >= 2 and grpo_steps == sorted(grpo_steps)
     assert summary["grpo_rewards"], "no GRPO rewards against step"
+    # The headline gains are differences of the held-out rows, for each prompt.
+    acc = {(r["model"], r["prompt"]): r["accuracy"] for r in summary["rows"] if r["split"] == "heldout"}
+    assert [h["prompt"] for h in summary["headline"]] == ["cot", "direct"]
+    for h in summary["headline"]:
+        p = h["prompt"]
+        assert h["grpo_minus_start_points"] == pytest.approx(100 * (acc["grpo", p] - acc["start", p]), abs=0.06)
+        assert h["grpo_minus_sft_control_points"] == pytest.approx(100 * (acc["grpo", p] - acc["sft_control", p]),
+                                                                   abs=0.06)
     table = (quick_run / "summary.txt").read_text()
     assert "GRPO" in table and "SFT control" in table
     png = (quick_run / "demo_plot.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+@pytest.mark.slow
+def test_scores_reach_the_pushgateway(quick_run, pushgateway):
+    summary = json.loads((quick_run / "summary.json").read_text())
+    for r in summary["rows"]:
+        labels = {"job": "r1v-demo", "run": "quick", "model": r["model"], "split": r["split"], "prompt": r["prompt"]}
+        assert pushgateway.value("r1v_demo_accuracy_ratio", **labels) == pytest.approx(r["accuracy"])
+        assert pushgateway.value("r1v_demo_parse_failures", **labels) == r["parse_failures"]
+    assert pushgateway.value("r1v_demo_duration_seconds", run="quick") == summary["timings_seconds"]["total"]
+    # The evaluator pushed its own series, one run label per model and split (a push replaces its group).
+    for model in ("start", "sft_control", "grpo"):
+        assert pushgateway.samples("r1v_eval_accuracy_ratio", run=f"quick-{model}-heldout", prompt="cot")
+
+
+def test_more_grpo_steps_than_training_scenes_is_refused_before_any_work(tmp_path):
+    # 4 steps x 2 prompts fit the quick run's 16 scenes; 40 steps would need 80 and make GRPO
+    # loop over rows the SFT control sees once.
+    proc = subprocess.run([sys.executable, "-m", "demo", "--quick", "--out", str(tmp_path), "--set", "max_steps=40"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "GRPO needs 80 training scenes (max_steps 40 x 2 prompts per step)" in proc.stderr
+    assert "SceneConfig.train draws 16" in proc.stderr
+    assert not (tmp_path / "scenes").exists()

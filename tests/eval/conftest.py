@@ -1,5 +1,5 @@
-"""Fixtures for the evaluator's tests: the tiny offline Qwen2-VL, a synthetic SuperCLEVR-format split,
-a real Pushgateway (Debian's prometheus-pushgateway) and a fake Kubernetes API server (kmock)."""
+"""Fixtures for the evaluator's tests: the tiny offline Qwen2-VL, a synthetic SuperCLEVR-format split
+and a fake Kubernetes API server (kmock); the real Pushgateway is tests/conftest.py's."""
 
 from __future__ import annotations
 
@@ -9,15 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from r1v_eval_helpers import FakeKubernetes, Pushgateway, free_port
+from r1v_eval_helpers import FakeKubernetes
 from r1v_job.synthetic import write_superclevr_eval
-
-
-@pytest.fixture(scope="session")
-def pushgateway(tmp_path_factory):
-    gateway = Pushgateway(free_port(), tmp_path_factory.mktemp("pushgateway") / "log").start()
-    yield gateway
-    gateway.stop()
 
 
 @pytest.fixture(scope="session")

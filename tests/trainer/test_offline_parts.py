@@ -1,13 +1,17 @@
 """The tiny model and the synthetic scenes: offline, loadable, deterministic."""
 
 import json
+import random
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from r1v_job.prompts import conversation
+from r1v_job.synthetic import CLEVR_STYLE, SUPERCLEVR_STYLE, draw_scene
 from r1v_job.synthetic import main as synthetic_main
 from r1v_job.tiny import QWEN_SPECIAL_TOKENS, save_tiny_model
 
@@ -51,3 +55,19 @@ def test_scenes_are_deterministic_and_the_splits_differ(tmp_path):
     train_px = Image.open(tmp_path / "a/clevr" / train[0]["image"]).getpixel((0, 0))
     test_px = Image.open(tmp_path / "a/superclevr" / test[0]["image_path"]).getpixel((0, 0))
     assert train_px != test_px
+
+
+@pytest.mark.parametrize("style", [CLEVR_STYLE, SUPERCLEVR_STYLE], ids=lambda s: s.name)
+def test_cell_layout_puts_each_object_inside_its_own_cell(style):
+    # The demo's layout: with 28-px cells (one Qwen2-VL visual token), no token may see two objects
+    # or part of one: the non-empty cells are exactly the objects, and cell borders stay floor.
+    style = replace(style, cell=28, radius=(0.06, 0.115))
+    rng = random.Random(7)
+    for count in (1, 6, 16):
+        pixels = np.asarray(draw_scene(style, count, 112, rng)).astype(int)
+        object_px = (np.abs(pixels - np.array(style.background)).sum(-1) > 0)
+        cells = object_px.reshape(4, 28, 4, 28).transpose(0, 2, 1, 3)
+        assert int(cells.any(axis=(2, 3)).sum()) == count
+        assert not cells[:, :, [0, -1], :].any() and not cells[:, :, :, [0, -1]].any()
+    with pytest.raises(ValueError, match="cannot place 17 objects"):
+        draw_scene(style, 17, 112, rng)
