@@ -42,9 +42,11 @@ THREADS = 1
 
 @dataclass(frozen=True)
 class DemoConfig:
-    scenes: SceneConfig = SceneConfig(warmup=4000, train=2000)
+    scenes: SceneConfig = SceneConfig()
     model: ModelSize = ModelSize()
-    warmup: SFTSettings = SFTSettings(epochs=4)
+    # 375 steps of 16: the start counts the training scenes but only part of the held-out ones. The
+    # skill appears abruptly: after 312 steps it was still near chance (docs/demo.md).
+    warmup: SFTSettings = SFTSettings(epochs=1.5)
     # The control's optimizer settings; its learning rate, schedule, batch of prompts and number of
     # steps are GRPO's (see run_demo), so that only the learning signal differs.
     control: SFTSettings = SFTSettings(warmup_ratio=0.0)

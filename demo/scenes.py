@@ -2,9 +2,9 @@
 
 Four disjoint splits, each from its own seed so that no image is shared between them:
 
-- warmup:  CLEVR-like scenes whose answers are *rough* counts (see `rough_count`); they teach the
-           random-init model the answer format and rough counting, i.e. they make the "Instruct"
-           starting point.
+- warmup:  CLEVR-like scenes with their counts; a short supervised run on them teaches the
+           random-init model the answer format and counting, i.e. makes the "Instruct" starting
+           point (demo/warmup.py).
 - train:   CLEVR-like scenes in the CLEVR-70k schema (image, problem, solution); GRPO trains on them,
            and the SFT control trains on exactly the rows GRPO saw, with exact answers.
 - eval_id: CLEVR-like held-out scenes in R1-V's eval format (in-distribution check).
@@ -18,7 +18,6 @@ generator (same floor and lighting), only its objects differ.
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -46,14 +45,12 @@ def heldout_style(counts: tuple[int, int], floor: tuple[int, int, int],
 class SceneConfig:
     size: int = DEFAULT_SIZE
     seed: int = 0
-    warmup: int = 1000
-    train: int = 1000
+    warmup: int = 4000
+    train: int = 2000
     eval_id: int = 200
     eval_ood: int = 200
     train_counts: tuple[int, int] = (1, 6)
     ood_counts: tuple[int, int] = (2, 6)
-    # Share of warm-up answers off by one (either way): the starting model should count roughly.
-    warmup_noise: float = 0.3
     floor: tuple[int, int, int] = CLEVR_STYLE.background
     ood_radius: tuple[float, float] = (0.07, 0.115)
     # One object per 28-px cell, the patch a Qwen2-VL visual token covers (14-px patches, 2x2
@@ -63,18 +60,10 @@ class SceneConfig:
 
 @dataclass(frozen=True)
 class Scenes:
-    warmup: Path  # jsonl: image, problem, solution, count, answer (the rough count taught)
+    warmup: Path  # jsonl: image, problem, count
     train: Path  # jsonl, CLEVR-70k schema
     eval_id: Path  # jsonl, R1-V eval format
     eval_ood: Path  # jsonl, R1-V eval format
-
-
-def rough_count(count: int, noise: float, lo: int, hi: int, rng: random.Random) -> int:
-    """`count`, or with probability `noise` a neighbour (count-1 or count+1) kept inside [lo, hi]."""
-    if rng.random() >= noise:
-        return count
-    options = [c for c in (count - 1, count + 1) if lo <= c <= hi]
-    return rng.choice(options) if options else count
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -101,12 +90,8 @@ def write_scenes(out: str | Path, cfg: SceneConfig = SceneConfig()) -> Scenes:
     seeds = {name: cfg.seed * 10 + i for i, name in enumerate(("warmup", "train", "eval_id", "eval_ood"))}
     style = train_style(cfg.train_counts, cfg.floor, cfg.cell)
 
-    lo, hi = cfg.train_counts
-    noise_rng = random.Random(f"warmup-noise-{cfg.seed}")
-    warm = []
-    for rel, count in write_split(paths.warmup.parent, style, cfg.warmup, cfg.size, seeds["warmup"]):
-        warm.append({"image": rel, "problem": CLEVR_QUESTION, "count": count,
-                     "answer": rough_count(count, cfg.warmup_noise, lo, hi, noise_rng)})
+    warm = [{"image": rel, "problem": CLEVR_QUESTION, "count": count}
+            for rel, count in write_split(paths.warmup.parent, style, cfg.warmup, cfg.size, seeds["warmup"])]
     _write_jsonl(paths.warmup, warm)
 
     train = [{"image": rel, "problem": CLEVR_QUESTION, "solution": f"<answer> {count} </answer>"}

@@ -2,7 +2,7 @@
 
 `build_start_model` writes a random-init Qwen2-VL (r1v_job.tiny) and warms it up with TRL's
 SFTTrainer on image + conversational prompt/completion rows in R1-V's answer format, so that it
-emits <think>...</think><answer>N</answer> and counts roughly: it plays Qwen2-VL-2B-Instruct.
+emits <think>...</think><answer>N</answer> and counts: it plays Qwen2-VL-2B-Instruct.
 
 `supervised_control` is the same supervised training continued from the warmed-up model, on the
 very rows GRPO trained on, with their exact answers: the "more SFT instead of RL" baseline.
@@ -39,8 +39,8 @@ class ModelSize:
     hidden_size: int = 128
     layers: int = 2
     heads: int = 4
-    # The vision tower is the bottleneck: with 64 dims the model had not learned to count after
-    # 800 steps; with 128 it counted about half the in-distribution scenes right by then.
+    # The vision tower is the bottleneck: with objects placed anywhere, 64 dims had not learned to
+    # count after 800 steps and 128 counted about half the scenes by then (docs/demo.md).
     vision_dim: int = 128
     vision_depth: int = 2
 
@@ -68,7 +68,7 @@ def _row(image: str, problem: str, template: str, answer: int) -> dict:
 
 
 def warmup_rows(path: Path, seed: int = 0) -> list[dict]:
-    """Warm-up rows: each scene with its rough count, under a prompt drawn from R1-V's training,
+    """Warm-up rows: each scene with its count, under a prompt drawn from R1-V's training,
     evaluation and direct prompts (an Instruct model follows all three phrasings)."""
     rng = random.Random(f"warmup-prompts-{seed}")
     templates = [TRAIN_PROMPT, EVAL_PROMPTS["cot"], EVAL_PROMPTS["direct"]]
@@ -76,7 +76,7 @@ def warmup_rows(path: Path, seed: int = 0) -> list[dict]:
     for line in path.read_text().splitlines():
         r = json.loads(line)
         template = rng.choices(templates, weights=[0.4, 0.4, 0.2])[0]
-        rows.append(_row(str(path.parent / r["image"]), r["problem"], template, r["answer"]))
+        rows.append(_row(str(path.parent / r["image"]), r["problem"], template, r["count"]))
     return rows
 
 
@@ -140,7 +140,7 @@ def sft(model_dir: str | Path, rows: list[dict], out: str | Path, settings: SFTS
 
 def build_start_model(warmup_jsonl: Path, out: str | Path, size: ModelSize = ModelSize(),
                       settings: SFTSettings = SFTSettings(), model_seed: int = 0) -> Path:
-    """Random-init tiny Qwen2-VL (out/../init) warmed up on the rough-count rows into `out`."""
+    """Random-init tiny Qwen2-VL (out/../init) warmed up on the warm-up rows into `out`."""
     from r1v_job.tiny import save_tiny_model
 
     out = Path(out)
