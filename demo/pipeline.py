@@ -1,7 +1,7 @@
 """Stage 3: the whole miniature R1-V, end to end.
 
-scenes -> warmed-up start model -> GRPO (`python -m r1v_job`, recipes/demo_cpu.yaml) -> SFT control
-on the rows GRPO trained on -> held-out and in-distribution scores (`python -m eval_job`, cot and
+scenes -> warmed-up start model -> GRPO (`python -m r1v_job`, recipes/demo_cpu.yaml) -> two SFT
+controls on the rows GRPO trained on -> held-out and in-distribution scores (`python -m eval_job`, cot and
 direct prompts, every checkpoint) -> table, plot, Pushgateway (demo/report.py).
 
 The trainer and the evaluator run as subprocesses through their own entry points, exactly as a
@@ -26,7 +26,7 @@ import yaml
 
 from demo import report
 from demo.scenes import SceneConfig, write_scenes
-from demo.warmup import ModelSize, SFTSettings, build_start_model, supervised_control
+from demo.warmup import CONTROLS, ModelSize, SFTSettings, build_start_model, supervised_control
 
 log = logging.getLogger("demo")
 
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "demo_cpu.yaml"
 STAGE_FILE = "demo_stage.json"
 # Every process runs one thread, and the two independent branches after the warm-up (GRPO; the SFT
-# control and the start model's scoring) run side by side, one per core. For a model this small,
+# controls and the scoring) run side by side, one per core. For a model this small,
 # intra-op threads buy little, and on a shared machine two threads per process made each SFT step
 # several times slower than one (thread contention), while two one-thread processes keep both cores busy.
 THREADS = 1
@@ -47,7 +47,7 @@ class DemoConfig:
     # 375 steps of 16: the start counts the training scenes but only part of the held-out ones. The
     # skill appears abruptly: after 312 steps it was still near chance (docs/demo.md).
     warmup: SFTSettings = SFTSettings(epochs=1.5)
-    # The control's optimizer settings; its learning rate, schedule, batch of prompts and number of
+    # The controls' optimizer settings; their learning rate, schedule, batch of prompts and number of
     # steps are GRPO's (see run_demo), so that only the learning signal differs.
     control: SFTSettings = SFTSettings(warmup_ratio=0.0)
     # Overrides of recipes/demo_cpu.yaml fields, as `--field value` for r1v_job.
@@ -185,13 +185,13 @@ def run_demo(out: str | Path = "runs/demo", cfg: DemoConfig = FULL, pushgateway:
     fields = recipe_fields(cfg.grpo)
     per_step, n_examples = grpo_examples(fields)
     if n_examples > cfg.scenes.train:
-        # Fewer rows would make GRPO loop over them again while the control saw each row once.
+        # Fewer rows would make GRPO loop over them again while the controls see each row once.
         raise ValueError(f"GRPO needs {n_examples} training scenes (max_steps {fields['max_steps']} x {per_step} prompts "
                          f"per step) but SceneConfig.train draws {cfg.scenes.train}")
 
     import torch
 
-    torch.set_num_threads(THREADS)  # this process's own training (warm-up, SFT control); see THREADS
+    torch.set_num_threads(THREADS)  # this process's own training (warm-up, SFT controls); see THREADS
     scenes = timed("scenes", write_scenes, out / "scenes", cfg.scenes)
 
     start_dir = out / "models" / "start"
@@ -200,7 +200,7 @@ def run_demo(out: str | Path = "runs/demo", cfg: DemoConfig = FULL, pushgateway:
         timed("warmup", build_start_model, scenes.warmup, _fresh(start_dir), cfg.model, cfg.warmup)
         _mark(start_dir, fp_start)
 
-    # GRPO gets exactly the first n_examples rows, one epoch: the control then trains on the same rows.
+    # GRPO gets exactly the first n_examples rows, one epoch: the controls then train on the same rows.
     grpo_overrides = {**cfg.grpo, "max_train_samples": n_examples}
     grpo_dir = out / "grpo"
     fp_grpo = _fingerprint(fp_start, fields, grpo_overrides, RECIPE.read_text())
@@ -210,24 +210,12 @@ def run_demo(out: str | Path = "runs/demo", cfg: DemoConfig = FULL, pushgateway:
         grpo_job = start_grpo(start_dir, scenes.train, _fresh(grpo_dir), grpo_overrides, logs)
 
     try:
-        # While GRPO trains (its own process): the SFT control, and the scores of the models that exist.
-        control_dir = out / "models" / "sft_control"
-        # Same rows, same batch of prompts per step, hence the same number of optimizer steps, and
-        # checkpoints at the same steps as GRPO's for the accuracy curve. AdamW's step size is set by
-        # the learning rate whatever the scale of the loss, so equal rates, schedules and step counts
-        # give both runs the same budget of parameter movement: only the learning signal differs.
-        control = replace(cfg.control, batch_size=per_step, epochs=1.0, max_steps=-1,
-                          learning_rate=float(fields["learning_rate"]))
-        fp_control = _fingerprint(fp_start, n_examples, asdict(control), fields.get("save_steps"))
-        if not _done(control_dir, fp_control):
-            timed("sft_control", supervised_control, start_dir, scenes.train, n_examples, _fresh(control_dir), control,
-                  save_steps=fields.get("save_steps"))
-            _mark(control_dir, fp_control)
-
+        # While GRPO trains (its own process): the SFT controls, and the scores of the models that exist.
         splits = {"heldout": scenes.eval_ood, "in_dist": scenes.eval_id}
         eval_root = out / "eval"
 
         def score(name: str, model_dir: Path, ckpts: Path | None, fp_model: str) -> None:
+            started = time.perf_counter()
             for split, data in splits.items():
                 folder = eval_root / name / split
                 fp_eval = _fingerprint(fp_model, asdict(cfg.scenes), cfg.eval_prompts, cfg.eval_max_new_tokens)
@@ -243,11 +231,24 @@ def run_demo(out: str | Path = "runs/demo", cfg: DemoConfig = FULL, pushgateway:
                 evaluate(model_dir, data, folder, split, cfg, logs, checkpoints=ckpts if split == "heldout" else None,
                          pushgateway=pushgateway, run=f"{run_name}-{name}-{split}")
                 _mark(folder, fp_eval)
+            timings["evaluation"] = round(timings.get("evaluation", 0.0) + time.perf_counter() - started, 1)
 
-        started = time.perf_counter()
         score("start", start_dir, None, fp_start)
-        score("sft_control", control_dir, control_dir / "_trainer", fp_control)
-        timings["evaluation"] = round(time.perf_counter() - started, 1)
+        # Same rows, same batch of prompts per step, hence the same number of optimizer steps, and
+        # checkpoints at the same steps as GRPO's for the accuracy curve. AdamW's step size is set by
+        # the learning rate whatever the scale of the loss, so equal rates, schedules and step counts
+        # give every run the same budget of parameter movement: only the learning signal differs.
+        control = replace(cfg.control, batch_size=per_step, epochs=1.0, max_steps=-1,
+                          learning_rate=float(fields["learning_rate"]))
+        for kind in CONTROLS:
+            name = f"sft_{kind}"
+            control_dir = out / "models" / name
+            fp_control = _fingerprint(fp_start, kind, n_examples, asdict(control), fields.get("save_steps"))
+            if not _done(control_dir, fp_control):
+                timed(name, supervised_control, start_dir, scenes.train, n_examples, kind, _fresh(control_dir),
+                      control, save_steps=fields.get("save_steps"))
+                _mark(control_dir, fp_control)
+            score(name, control_dir, control_dir / "_trainer", fp_control)
         if grpo_job is not None:
             wait_cmd(grpo_job)
             timings["grpo"] = round(time.perf_counter() - grpo_started, 1)
@@ -256,9 +257,7 @@ def run_demo(out: str | Path = "runs/demo", cfg: DemoConfig = FULL, pushgateway:
         if grpo_job is not None and grpo_job[0].poll() is None:
             grpo_job[0].kill()  # no orphaned trainer when the other branch fails or is interrupted
         raise
-    started = time.perf_counter()
     score("grpo", grpo_dir, grpo_dir, fp_grpo)
-    timings["evaluation"] += round(time.perf_counter() - started, 1)
 
     summary = report.build_summary(eval_root, grpo_dir, cfg.eval_prompts, n_examples=n_examples, per_step=per_step,
                                    max_steps=fields["max_steps"])

@@ -7,11 +7,13 @@ import json
 import logging
 from pathlib import Path
 
+from demo.warmup import CONTROLS as CONTROL_KINDS
 from r1v_job.rewards import format_reward
 
 log = logging.getLogger("demo.report")
 
-MODELS = {"start": "start (warmed up)", "sft_control": "SFT control", "grpo": "GRPO"}
+CONTROLS = [f"sft_{kind}" for kind in CONTROL_KINDS]  # the SFT controls' model names
+MODELS = {"start": "start (warmed up)", **{f"sft_{kind}": f"SFT on {kind}" for kind in CONTROL_KINDS}, "grpo": "GRPO"}
 SPLITS = {"heldout": "held-out (SuperCLEVR-like)", "in_dist": "in-distribution (CLEVR-like)"}
 FINAL = "final"
 
@@ -91,20 +93,20 @@ def table(summary: dict) -> str:
 
 
 def headline(summary: dict) -> list[dict]:
-    """Held-out accuracy gains in points, per prompt: GRPO over the start and over the SFT control.
+    """Held-out accuracy gains in points, per prompt: GRPO over the start and over each SFT control.
     (R1-V headlines the cot prompt; a direct-answer score belongs beside it, see docs/demo.md.)"""
     gains = []
     for prompt in summary["prompts"]:
         acc = {m: (score(summary, m, "heldout", prompt) or {}).get("accuracy") for m in MODELS}
         if None not in acc.values():
-            gains.append({"prompt": prompt, "grpo_minus_start_points": round(100 * (acc["grpo"] - acc["start"]), 1),
-                          "grpo_minus_sft_control_points": round(100 * (acc["grpo"] - acc["sft_control"]), 1)})
+            gains.append({"prompt": prompt, **{f"grpo_minus_{m}_points": round(100 * (acc["grpo"] - acc[m]), 1)
+                                               for m in MODELS if m != "grpo"}})
     return gains
 
 
 def plot(summary: dict, path: Path) -> Path:
     """Two panels against the optimizer step: GRPO's training reward, and held-out accuracy of
-    GRPO's and the SFT control's checkpoints (step 0 is the warmed-up start)."""
+    GRPO's and the SFT controls' checkpoints (step 0 is the warmed-up start)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on a CI runner or in a pod
@@ -122,8 +124,8 @@ def plot(summary: dict, path: Path) -> Path:
     top.grid(alpha=0.3)
 
     start = {p["prompt"]: p for p in summary["rows"] if p["model"] == "start" and p["split"] == "heldout"}
-    colours = {"grpo": "tab:red", "sft_control": "tab:blue"}
-    for model in ("grpo", "sft_control"):
+    colours = {"grpo": "tab:red", "sft_answers": "tab:green", "sft_traces": "tab:blue"}
+    for model in ("grpo", *CONTROLS):
         for prompt, points in summary["heldout_curves"].get(model, {}).items():
             xs = [p["step"] for p in points]
             ys = [100 * p["accuracy"] for p in points]
@@ -151,8 +153,8 @@ def write_report(summary: dict, out: Path) -> None:
     plot(summary, out / "demo_plot.png")
     print(text + "\n")
     for h in summary["headline"]:
-        print(f"held-out ({h['prompt']}): GRPO vs start {h['grpo_minus_start_points']:+.1f} points, "
-              f"GRPO vs SFT control {h['grpo_minus_sft_control_points']:+.1f} points")
+        versus = ", ".join(f"{MODELS[m]} {h[f'grpo_minus_{m}_points']:+.1f}" for m in MODELS if m != "grpo")
+        print(f"held-out ({h['prompt']}), GRPO minus: {versus} points")
     print(f"summary: {out / 'summary.json'}, {out / 'summary.txt'}; plot: {out / 'demo_plot.png'}")
 
 

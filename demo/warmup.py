@@ -5,7 +5,8 @@ SFTTrainer on image + conversational prompt/completion rows in R1-V's answer for
 emits <think>...</think><answer>N</answer> and counts: it plays Qwen2-VL-2B-Instruct.
 
 `supervised_control` is the same supervised training continued from the warmed-up model, on the
-very rows GRPO trained on, with their exact answers: the "more SFT instead of RL" baseline.
+very rows GRPO trained on, with their exact answers: the "more SFT instead of RL" baselines, one
+on the dataset's answers and one on answers written into the start's reasoning template.
 
     python -m demo.warmup --warmup-jsonl runs/demo/scenes/warmup/data.jsonl --out runs/demo/models/start
 """
@@ -80,14 +81,29 @@ def warmup_rows(path: Path, seed: int = 0) -> list[dict]:
     return rows
 
 
-def control_rows(train_jsonl: Path, n: int) -> list[dict]:
-    """The first `n` rows of the GRPO training set, with their exact answers, in the training
-    prompt: what GRPO saw, supervised instead of rewarded."""
+# The two supervised controls: what GRPO saw, supervised instead of rewarded.
+# - "answers": the dataset's own `solution` text (CLEVR-70k: "<answer> 3 </answer>"), all a
+#   practitioner has to fine-tune on, as CLEVR-70k holds no reasoning.
+# - "traces": the exact answer written into the start model's own reasoning template, a trace that
+#   only exists because the demo wrote the warm-up.
+CONTROLS = ("answers", "traces")
+
+
+def control_rows(train_jsonl: Path, n: int, kind: str) -> list[dict]:
+    """The first `n` rows of the GRPO training set in the training prompt, completed per `kind`."""
+    if kind not in CONTROLS:
+        raise ValueError(f"unknown SFT control {kind!r}: expected one of {CONTROLS}")
     rows = []
     for line in train_jsonl.read_text().splitlines()[:n]:
         r = json.loads(line)
-        answer = int(r["solution"].replace("<answer>", "").replace("</answer>", "").strip())
-        rows.append(_row(str(train_jsonl.parent / r["image"]), r["problem"], TRAIN_PROMPT, answer))
+        image = str(train_jsonl.parent / r["image"])
+        if kind == "answers":
+            rows.append({"image": image,
+                         "prompt": [{"role": "user", "content": TRAIN_PROMPT.format(Question=r["problem"])}],
+                         "completion": [{"role": "assistant", "content": r["solution"]}]})
+        else:
+            answer = int(r["solution"].replace("<answer>", "").replace("</answer>", "").strip())
+            rows.append(_row(image, r["problem"], TRAIN_PROMPT, answer))
     return rows
 
 
@@ -149,9 +165,9 @@ def build_start_model(warmup_jsonl: Path, out: str | Path, size: ModelSize = Mod
     return sft(init, warmup_rows(Path(warmup_jsonl), settings.seed), out, settings)
 
 
-def supervised_control(start_dir: str | Path, train_jsonl: Path, n_examples: int, out: str | Path,
+def supervised_control(start_dir: str | Path, train_jsonl: Path, n_examples: int, kind: str, out: str | Path,
                        settings: SFTSettings, save_steps: int | None = None) -> Path:
-    return sft(start_dir, control_rows(Path(train_jsonl), n_examples), out, settings, save_steps)
+    return sft(start_dir, control_rows(Path(train_jsonl), n_examples, kind), out, settings, save_steps)
 
 
 def main(argv: list[str] | None = None) -> None:

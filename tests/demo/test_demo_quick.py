@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from demo.report import MODELS
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -52,7 +54,7 @@ def test_grpo_changes_the_policy(quick_run):
 def test_summary_and_plot_written(quick_run):
     summary = json.loads((quick_run / "summary.json").read_text())
     cells = {(r["model"], r["split"], r["prompt"]) for r in summary["rows"]}
-    assert cells == {(m, s, p) for m in ("start", "sft_control", "grpo") for s in ("heldout", "in_dist")
+    assert cells == {(m, s, p) for m in MODELS for s in ("heldout", "in_dist")
                      for p in ("cot", "direct")}
     for r in summary["rows"]:
         assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["format_rate"] <= 1.0
@@ -65,12 +67,11 @@ def test_summary_and_plot_written(quick_run):
     acc = {(r["model"], r["prompt"]): r["accuracy"] for r in summary["rows"] if r["split"] == "heldout"}
     assert [h["prompt"] for h in summary["headline"]] == ["cot", "direct"]
     for h in summary["headline"]:
-        p = h["prompt"]
-        assert h["grpo_minus_start_points"] == pytest.approx(100 * (acc["grpo", p] - acc["start", p]), abs=0.06)
-        assert h["grpo_minus_sft_control_points"] == pytest.approx(100 * (acc["grpo", p] - acc["sft_control", p]),
-                                                                   abs=0.06)
+        for model in ("start", "sft_answers", "sft_traces"):
+            assert h[f"grpo_minus_{model}_points"] == pytest.approx(
+                100 * (acc["grpo", h["prompt"]] - acc[model, h["prompt"]]), abs=0.06)
     table = (quick_run / "summary.txt").read_text()
-    assert "GRPO" in table and "SFT control" in table
+    assert all(label in table for label in MODELS.values())
     png = (quick_run / "demo_plot.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
 
@@ -84,13 +85,13 @@ def test_scores_reach_the_pushgateway(quick_run, pushgateway):
         assert pushgateway.value("r1v_demo_parse_failures", **labels) == r["parse_failures"]
     assert pushgateway.value("r1v_demo_duration_seconds", run="quick") == summary["timings_seconds"]["total"]
     # The evaluator pushed its own series, one run label per model and split (a push replaces its group).
-    for model in ("start", "sft_control", "grpo"):
+    for model in MODELS:
         assert pushgateway.samples("r1v_eval_accuracy_ratio", run=f"quick-{model}-heldout", prompt="cot")
 
 
 def test_more_grpo_steps_than_training_scenes_is_refused_before_any_work(tmp_path):
     # 4 steps x 2 prompts fit the quick run's 16 scenes; 40 steps would need 80 and make GRPO
-    # loop over rows the SFT control sees once.
+    # loop over rows the SFT controls see once.
     proc = subprocess.run([sys.executable, "-m", "demo", "--quick", "--out", str(tmp_path), "--set", "max_steps=40"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
