@@ -133,7 +133,7 @@ def plot(summary: dict, path: Path) -> Path:
                 xs, ys = [0, *xs], [100 * start[prompt]["accuracy"], *ys]
             bottom.plot(xs, ys, marker="o", color=colours[model], linestyle="-" if prompt == "cot" else "--",
                         label=f"{MODELS[model]} ({prompt})")
-    bottom.set_xlabel("optimizer step (same prompts per step for both)")
+    bottom.set_xlabel("optimizer step (same prompts per step for every run)")
     bottom.set_ylabel("held-out accuracy (%)")
     bottom.legend(fontsize=8)
     bottom.grid(alpha=0.3)
