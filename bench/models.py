@@ -13,12 +13,9 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
-from PIL import Image
-
-from r1v_job.synthetic import CLEVR_QUESTION, CLEVR_STYLE, draw_scene
+from r1v_job.synthetic import write_clevr_train
 from r1v_job.tiny import build_processor, build_tokenizer, save_tiny_model
 
 CONFIG_2B = Path(__file__).parent / "configs" / "qwen2vl_2b.json"
@@ -90,24 +87,9 @@ def prepare_model(spec: str, workdir: Path, device: str = "cpu") -> Path:
 
 
 def write_scenes(out: Path, n: int, width: int, height: int, seed: int = 0) -> Path:
-    """`n` CLEVR-like counting scenes of width x height pixels in the CLEVR-70k schema; returns the jsonl.
-
-    The objects are drawn on a square of the shorter side, pasted in the middle of a CLEVR-grey
-    canvas: every object stays visible, so each `solution` is still right.
-    """
+    """`n` CLEVR-like counting scenes of width x height pixels in the CLEVR-70k schema (reused when
+    an earlier run drew at least as many); returns the jsonl."""
     jsonl = out / "train.jsonl"
     if jsonl.exists() and len(jsonl.read_text().splitlines()) >= n:
         return jsonl
-    rng = random.Random(seed)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    side = min(width, height)
-    rows = []
-    for i in range(n):
-        count = rng.randint(*CLEVR_STYLE.counts)
-        canvas = Image.new("RGB", (width, height), CLEVR_STYLE.background)
-        canvas.paste(draw_scene(CLEVR_STYLE, count, side, rng), ((width - side) // 2, (height - side) // 2))
-        rel = f"images/scene_{i:05d}.png"
-        canvas.save(out / rel)
-        rows.append({"image": rel, "problem": CLEVR_QUESTION, "solution": f"<answer> {count} </answer>"})
-    jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return jsonl
+    return write_clevr_train(out, n, size=(width, height), seed=seed)

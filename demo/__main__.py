@@ -1,4 +1,4 @@
-"""`python -m demo [--out runs/demo] [--pushgateway URL] [--quick] [--set field=value ...]`
+"""`python -m demo [--out runs/demo] [--pushgateway URL] [--quick] [--seed N] [--set field=value ...]`
 
 Miniature R1-V on a laptop: see demo/pipeline.py for the stages and docs/demo.md for the results.
 """
@@ -29,12 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pushgateway", metavar="URL", help="push the scores to this Pushgateway")
     p.add_argument("--run", default="demo", help="run label of the pushed scores (default: demo)")
     p.add_argument("--quick", action="store_true", help="a few steps on a handful of scenes (the test's run)")
+    p.add_argument("--seed", type=int, default=0, help="scene seed: other scenes and another warm-up order (default: 0)")
     p.add_argument("--set", dest="overrides", action="append", type=_override, default=[], metavar="FIELD=VALUE",
                    help="override a GRPO recipe field (recipes/demo_cpu.yaml), e.g. --set learning_rate=1e-4")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = QUICK if args.quick else FULL
-    cfg = replace(cfg, grpo={**cfg.grpo, **dict(args.overrides)})
+    cfg = replace(cfg, scenes=replace(cfg.scenes, seed=args.seed), grpo={**cfg.grpo, **dict(args.overrides)})
     try:
         run_demo(args.out, cfg, pushgateway=args.pushgateway, run_name=args.run)
     except ValueError as err:  # settings that cannot run together: say which, without a traceback

@@ -84,46 +84,48 @@ def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float,
         raise ValueError(f"unknown shape {shape!r}")
 
 
-def draw_scene(style: SceneStyle, count: int, size: int, rng: random.Random) -> Image.Image:
-    """`count` non-overlapping objects of `style` on a `size`x`size` image."""
-    image = Image.new("RGB", (size, size), style.background)
+def draw_scene(style: SceneStyle, count: int, size: int | tuple[int, int], rng: random.Random) -> Image.Image:
+    """`count` non-overlapping objects of `style` on a `size`x`size` (or (width, height)) image.
+    Object radii are fractions of the shorter side."""
+    width, height = (size, size) if isinstance(size, int) else size
+    image = Image.new("RGB", (width, height), style.background)
     draw = ImageDraw.Draw(image)
-    for cx, cy, r in (_cell_places if style.cell else _free_places)(style, count, size, rng):
+    for cx, cy, r in (_cell_places if style.cell else _free_places)(style, count, width, height, rng):
         _draw(draw, rng.choice(style.shapes), cx, cy, r, rng.choice(style.colours))
     return image
 
 
-def _free_places(style: SceneStyle, count: int, size: int, rng: random.Random):
+def _free_places(style: SceneStyle, count: int, width: int, height: int, rng: random.Random):
     placed: list[tuple[float, float, float]] = []
     attempts = 0
     while len(placed) < count:
         attempts += 1
         if attempts > 10_000:
-            raise ValueError(f"cannot place {count} objects of style {style.name} on a {size}px image")
-        r = rng.uniform(*style.radius) * size
-        cx, cy = rng.uniform(r + 1, size - r - 1), rng.uniform(r + 1, size - r - 1)
+            raise ValueError(f"cannot place {count} objects of style {style.name} on a {width}x{height}px image")
+        r = rng.uniform(*style.radius) * min(width, height)
+        cx, cy = rng.uniform(r + 1, width - r - 1), rng.uniform(r + 1, height - r - 1)
         # Keep a gap between objects so every object stays countable.
         if all((cx - x) ** 2 + (cy - y) ** 2 > (r + q + 2) ** 2 for x, y, q in placed):
             placed.append((cx, cy, r))
     return placed
 
 
-def _cell_places(style: SceneStyle, count: int, size: int, rng: random.Random):
+def _cell_places(style: SceneStyle, count: int, width: int, height: int, rng: random.Random):
     # Each object inside its own cell. With the cell equal to what one visual token sees (Qwen2-VL:
     # 28 px), no token holds parts of two objects, as at real resolution, where a CLEVR object
     # spans many tokens; a tiny image with free placement splits objects across tokens instead.
-    per_row = size // style.cell
-    if count > per_row * per_row:
-        raise ValueError(f"cannot place {count} objects of style {style.name} in {per_row}x{per_row} cells")
+    columns, rows = width // style.cell, height // style.cell
+    if count > columns * rows:
+        raise ValueError(f"cannot place {count} objects of style {style.name} in {columns}x{rows} cells")
     places = []
-    for index in rng.sample(range(per_row * per_row), count):
-        r = min(rng.uniform(*style.radius) * size, style.cell / 2 - 1)
-        x0, y0 = (index % per_row) * style.cell, (index // per_row) * style.cell
+    for index in rng.sample(range(columns * rows), count):
+        r = min(rng.uniform(*style.radius) * min(width, height), style.cell / 2 - 1)
+        x0, y0 = (index % columns) * style.cell, (index // columns) * style.cell
         places.append((x0 + rng.uniform(r + 1, style.cell - r - 1), y0 + rng.uniform(r + 1, style.cell - r - 1), r))
     return places
 
 
-def write_split(out: Path, style: SceneStyle, n: int, size: int, seed: int):
+def write_split(out: Path, style: SceneStyle, n: int, size: int | tuple[int, int], seed: int):
     """Draw `n` scenes of `style`; yields (relative image path, count)."""
     rng = random.Random(f"{style.name}-{seed}")
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -134,7 +136,7 @@ def write_split(out: Path, style: SceneStyle, n: int, size: int, seed: int):
         yield rel, count
 
 
-def write_clevr_train(out: str | Path, n: int, size: int = 112, seed: int = 0,
+def write_clevr_train(out: str | Path, n: int, size: int | tuple[int, int] = 112, seed: int = 0,
                       style: SceneStyle = CLEVR_STYLE) -> Path:
     """CLEVR-70k schema: image, problem, solution. Returns the jsonl path."""
     out = Path(out)

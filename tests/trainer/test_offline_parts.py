@@ -71,3 +71,9 @@ def test_cell_layout_puts_each_object_inside_its_own_cell(style):
         assert not cells[:, :, [0, -1], :].any() and not cells[:, :, :, [0, -1]].any()
     with pytest.raises(ValueError, match="cannot place 17 objects"):
         draw_scene(style, 17, 112, rng)
+    # A wider than tall image (the benchmark's 480x320 scenes): 4 x 2 cells of 28 px in 112 x 56.
+    for count in (1, 8):
+        pixels = np.asarray(draw_scene(style, count, (112, 56), rng)).astype(int)
+        assert pixels.shape[:2] == (56, 112)
+        cells = (np.abs(pixels - np.array(style.background)).sum(-1) > 0).reshape(2, 28, 4, 28)
+        assert int(cells.any(axis=(1, 3)).sum()) == count
