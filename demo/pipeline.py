@@ -21,12 +21,14 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
 from demo import report
 from demo.scenes import SceneConfig, write_scenes
 from demo.warmup import CONTROLS, ModelSize, SFTSettings, build_start_model, supervised_control
+from r1v_job.config import step_batch
 
 log = logging.getLogger("demo")
 
@@ -100,10 +102,9 @@ def recipe_fields(overrides: dict) -> dict:
 
 
 def grpo_examples(fields: dict) -> tuple[int, int]:
-    """(prompts per optimizer step, prompts over the run) of a one-process GRPO run; TRL's
-    per_device_train_batch_size counts completions, num_generations of them per prompt."""
-    per_step = fields["per_device_train_batch_size"] * fields.get("gradient_accumulation_steps", 1) \
-        // fields["num_generations"]
+    """(prompts per optimizer step, prompts over the run) of the one-process GRPO run of these
+    recipe fields."""
+    per_step, _ = step_batch(SimpleNamespace(**{"gradient_accumulation_steps": 1, **fields}), world_size=1)
     return per_step, per_step * fields["max_steps"]
 
 

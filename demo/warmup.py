@@ -1,4 +1,4 @@
-"""Stage 2: the starting model, and the supervised control.
+"""Stage 2: the starting model, and the supervised controls.
 
 `build_start_model` writes a random-init Qwen2-VL (r1v_job.tiny) and warms it up with TRL's
 SFTTrainer on image + conversational prompt/completion rows in R1-V's answer format, so that it
@@ -7,22 +7,16 @@ emits <think>...</think><answer>N</answer> and counts: it plays Qwen2-VL-2B-Inst
 `supervised_control` is the same supervised training continued from the warmed-up model, on the
 very rows GRPO trained on, with their exact answers: the "more SFT instead of RL" baselines, one
 on the dataset's answers and one on answers written into the start's reasoning template.
-
-    python -m demo.warmup --warmup-jsonl runs/demo/scenes/warmup/data.jsonl --out runs/demo/models/start
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from r1v_job.prompts import EVAL_PROMPTS, TRAIN_PROMPT
-
-log = logging.getLogger("demo.warmup")
 
 # The answer formats the model is taught. The thinking is one short sentence: a tiny model pays
 # for every generated token at every rollout and evaluation, and the sentence still makes the
@@ -168,20 +162,3 @@ def build_start_model(warmup_jsonl: Path, out: str | Path, size: ModelSize = Mod
 def supervised_control(start_dir: str | Path, train_jsonl: Path, n_examples: int, kind: str, out: str | Path,
                        settings: SFTSettings, save_steps: int | None = None) -> Path:
     return sft(start_dir, control_rows(Path(train_jsonl), n_examples, kind), out, settings, save_steps)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Warm up the demo's tiny Qwen2-VL with SFT")
-    parser.add_argument("--warmup-jsonl", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--lr", type=float, default=SFTSettings.learning_rate)
-    parser.add_argument("--epochs", type=float, default=SFTSettings.epochs)
-    parser.add_argument("--batch-size", type=int, default=SFTSettings.batch_size)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    build_start_model(Path(args.warmup_jsonl), args.out,
-                      settings=SFTSettings(learning_rate=args.lr, epochs=args.epochs, batch_size=args.batch_size))
-
-
-if __name__ == "__main__":
-    main()
