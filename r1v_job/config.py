@@ -48,6 +48,18 @@ class R1VScriptArguments(ScriptArguments):
                           "Qwen2-VL there (r1v_job.tiny) and synthetic CLEVR-like scenes (r1v_job.synthetic)."},
     )
     bootstrap_scenes: int = field(default=64, metadata={"help": "Scenes drawn by offline_bootstrap."})
+    stop_at_step: int | None = field(
+        default=None,
+        metadata={"help": "Stop after this optimizer step, saving a checkpoint, the final model and the "
+                          "completion marker as at a normal end, while the learning-rate schedule keeps its "
+                          "horizon (max_steps, or num_train_epochs when max_steps is -1). R1-V's claim is at "
+                          "step 100 of a linear schedule over 8,750 steps. Default: train to the horizon."},
+    )
+
+
+def last_step(max_steps: int, stop_at_step: int | None) -> int:
+    """The step a run ends at: `stop_at_step` when it comes before the schedule's horizon `max_steps`."""
+    return max_steps if stop_at_step is None else min(stop_at_step, max_steps)
 
 
 def step_batch(args, world_size: int) -> tuple[int, int]:

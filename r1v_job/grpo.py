@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 import transformers
 from transformers import AutoProcessor, PrinterCallback
-from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser
+from trl import GRPOConfig, ModelConfig, TrlParser
 
 from .checkpoints import latest_complete_checkpoint, write_completion_marker
 from .config import R1VScriptArguments
 from .data import load_train_dataset
 from .metrics import PrometheusCallback, StepLogCallback
 from .rewards import get_reward_funcs
+from .trainer import R1VGRPOTrainer, StopAtStepCallback
 
 logger = logging.getLogger("r1v_job")
 
@@ -59,7 +60,7 @@ def bootstrap_offline(script_args: R1VScriptArguments, model_args: ModelConfig) 
 
 
 def build_trainer(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: ModelConfig,
-                  callbacks: list | None = None) -> GRPOTrainer:
+                  callbacks: list | None = None) -> R1VGRPOTrainer:
     if script_args.offline_bootstrap:
         # Rank 0 builds; the others wait for it, then find the files there and build nothing.
         with training_args.main_process_first(local=False, desc="offline bootstrap"):
@@ -87,14 +88,15 @@ def build_trainer(script_args: R1VScriptArguments, training_args: GRPOConfig, mo
             max_samples=script_args.max_train_samples,
         )
     reward_funcs = get_reward_funcs(script_args.reward_funcs)
-    trainer = GRPOTrainer(
+    trainer = R1VGRPOTrainer(
         model=model_args.model_name_or_path,
         reward_funcs=reward_funcs,
         args=training_args,
         train_dataset=train_dataset,
         processing_class=processor,
         callbacks=[PrometheusCallback(script_args.metrics_port, script_args.reward_funcs),
-                   StepLogCallback(script_args.reward_funcs), *(callbacks or [])],
+                   StepLogCallback(script_args.reward_funcs), StopAtStepCallback(script_args.stop_at_step),
+                   *(callbacks or [])],
     )
     # One readable line per step (StepLogCallback) instead of transformers' dict dump (it replaces
     # the progress bar when disable_tqdm is set, as in our recipes).
@@ -103,7 +105,7 @@ def build_trainer(script_args: R1VScriptArguments, training_args: GRPOConfig, mo
 
 
 def run(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: ModelConfig,
-        callbacks: list | None = None) -> GRPOTrainer:
+        callbacks: list | None = None) -> R1VGRPOTrainer:
     """Train, save the final model, write the completion marker. Returns the trainer."""
     trainer = build_trainer(script_args, training_args, model_args, callbacks)
     resume = training_args.resume_from_checkpoint

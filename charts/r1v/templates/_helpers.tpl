@@ -315,3 +315,8 @@ spec:
         medium: Memory
         sizeLimit: {{ $v.trainer.shmSize }}
 {{- end }}
+
+{{/* "true" when the prometheus-operator objects (monitors, rules) render, else empty. */}}
+{{- define "r1v.monitoringAPI" -}}
+{{- if .Values.monitoring.enabled }}true{{ end }}
+{{- end }}
