@@ -209,3 +209,17 @@ def test_the_alert_tests_can_fail(tmp_path):
     result = _unit_tests(tmp_path, stalled, {"monitoring": {"rules": {"stalled": {"after": "2h"}}}})
     assert result.returncode != 0
     assert "R1VTrainingStalled" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("values, key", [
+    ({"monitoring": {"rules": {"stalled": {"after": "30 minutes"}}}}, "/monitoring/rules/stalled/after"),
+    ({"monitoring": {"rules": {"restarts": {"threshold": -1}}}}, "/monitoring/rules/restarts/threshold"),
+    ({"monitoring": {"rules": {"severity": "page"}}}, "severity"),
+    ({"monitoring": {"dashboard": {"uid": "R1V_Dashboard"}}}, "/monitoring/dashboard/uid"),
+])
+def test_bad_monitoring_values_are_rejected_naming_the_key(values, key):
+    import helm_python as helm
+
+    with pytest.raises(helm.HelmValuesError) as err:
+        render(values)
+    assert key in str(err.value)
