@@ -155,3 +155,12 @@ def test_every_query_is_valid_promql(tmp_path):
     result = subprocess.run([promtool, "check", "rules", str(rule_file)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(rules)} rules found" in result.stdout
+
+
+def test_the_job_variable_cuts_rank_zeros_pod_to_the_training_job_name():
+    (dashboard,) = [json.loads(p.read_text()) for p in DASHBOARDS]
+    (job,) = [v for v in dashboard["templating"]["list"] if v["name"] == "job"]
+    pattern = re.compile(job["regex"].strip("/"))  # a JavaScript regex; this one reads the same in Python
+    assert pattern.match("exp-1-r1v-master-0").group(1) == "exp-1-r1v"  # PyTorchJob: JOB-master-0
+    assert pattern.match("exp-node-0-0-x7k2p").group(1) == "exp"  # Trainer v2 (JobSet): JOB-node-0-0-HASH
+    assert pattern.match("exp-eval-x7k2p") is None

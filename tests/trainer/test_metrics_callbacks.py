@@ -83,3 +83,32 @@ def test_the_step_line_counts_to_the_final_step_and_shows_groups_without_spread(
     (line,) = [r.getMessage() for r in caplog.records]
     assert line.startswith("step 1/4 | reward 1.250 (accuracy=0.500)")
     assert "| zero-std 25% |" in line
+
+
+def test_a_populated_endpoint_passes_promtool_check_metrics():
+    import shutil
+    import subprocess
+
+    from prometheus_client import generate_latest
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is not installed: run `make tools`")
+    callback = PrometheusCallback(0, ["accuracy_reward", "format_reward"], stop_at_step=2)
+    callback.on_train_begin(None, _state(max_steps=4), None)
+    logs = {"reward": 1.5, "reward_std": 0.5, "frac_reward_zero_std": 0.25, "kl": 0.01, "loss": 0.1, "entropy": 1.2,
+            "learning_rate": 1e-6, "grad_norm": 0.3, "num_tokens": 500.0, "completions/clipped_ratio": 0.1,
+            "clip_ratio/low_mean": 0.01, "clip_ratio/high_mean": 0.02, "clip_ratio/low_min": 0.0,
+            "clip_ratio/high_max": 0.05, "rewards/accuracy_reward/mean": 0.5, "rewards/accuracy_reward/std": 0.5,
+            "rewards/format_reward/mean": 1.0, "rewards/format_reward/std": 0.0,
+            **{f"completions/{s}_length": 10.0 for s in ("mean", "min", "max")},
+            **{f"completions/{s}_terminated_length": 9.0 for s in ("mean", "min", "max")}}
+    callback.on_log(None, _state(global_step=1), None, logs=logs)
+    exposition = generate_latest(callback.registry)
+    assert b'r1v_train_function_reward{function="format_reward"} 1.0' in exposition
+    assert b'r1v_train_clip_ratio{bound="high"} 0.02' in exposition
+    result = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The check can fail: a counter without _total is a lint error.
+    bad = b"# HELP r1v_x Things.\n# TYPE r1v_x counter\nr1v_x 1\n"
+    assert subprocess.run([promtool, "check", "metrics"], input=bad, capture_output=True).returncode != 0
