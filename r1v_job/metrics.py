@@ -210,11 +210,11 @@ class StepLogCallback(TrainerCallback):
         rewards = " ".join(f"{name.removesuffix('_reward')}={logs.get(f'rewards/{name}/mean', float('nan')):.3f}"
                            for name in self.reward_names)
         nan = float("nan")
+        zero_std = logs.get("frac_reward_zero_std")
         logger.info("step %d/%d | reward %.3f (%s) | kl %.4g | loss %.4g | len %.0f | zero-std %.0f%% | "
                     "%.2f s/step | ETA %s", state.global_step, final, logs["reward"], rewards, logs.get("kl", nan),
                     logs.get("loss", nan), logs.get("completions/mean_length", nan),
-                    100 * (logs.get("frac_reward_zero_std") if logs.get("frac_reward_zero_std") is not None else nan),
-                    per_step, eta)
+                    nan if zero_std is None else 100 * zero_std, per_step, eta)
 
 
 def training_callbacks(script_args) -> list[TrainerCallback]:
