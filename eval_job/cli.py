@@ -12,6 +12,8 @@ import argparse
 import json
 import logging
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 
 from eval_job import metrics
@@ -55,7 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoints", help="training output folder: score each complete checkpoint-N, then the final model")
     p.add_argument("--wait-for", metavar="pytorchjob/NAME|marker",
                    help="before evaluating, wait for the PyTorchJob to succeed, or for training_complete.json")
-    p.add_argument("--namespace", help="PyTorchJob namespace (default: the pod's, else the kubeconfig's)")
+    p.add_argument("--namespace", help="the run's namespace: the PyTorchJob's, and the `namespace` grouping label of "
+                   "the pushed scores (default: the pod's, from $POD_NAMESPACE or its service account; outside a "
+                   "cluster the kubeconfig's for the PyTorchJob and \"default\" for the label)")
     p.add_argument("--kubeconfig", help="kubeconfig for --wait-for pytorchjob (default: the pod's service account, "
                    "else $KUBECONFIG or ~/.kube/config)")
     p.add_argument("--timeout", type=float, default=86400.0, help="seconds to wait for training (default: 1 day)")
@@ -106,7 +110,8 @@ def _wait(args: argparse.Namespace, model_dir: Path, run: str) -> int:
             # Grouped as the run's final model: the run's end result is this failure, and a later
             # successful evaluation of the run replaces it.
             try:
-                metrics.push(args.pushgateway, metrics.failure_registry(e.reason), {"run": run, "checkpoint": FINAL},
+                metrics.push(args.pushgateway, metrics.failure_registry(e.reason),
+                             metrics.grouping_key(metrics.pod_namespace(args.namespace), run, FINAL),
                              attempts=args.push_attempts, backoff=args.push_backoff)
             except metrics.PushError as pe:
                 log.error("%s", pe)
@@ -140,15 +145,24 @@ def run(args: argparse.Namespace) -> int:
                      "max_new_tokens": args.max_new_tokens, "min_pixels": args.min_pixels,
                      "max_pixels": args.max_pixels}
     load = _loader(args, model_dir)
+    namespace = metrics.pod_namespace(args.namespace)
     out.mkdir(parents=True, exist_ok=True)
     index: list[dict] = []
     evaluated = 0
     push_error: metrics.PushError | None = None
-    for target in targets:
+    spent, scored = 0.0, 0  # wall time and count of the models evaluated now (not reused from disk)
+    for done, target in enumerate(targets, 1):
+        started = time.perf_counter()
         summaries, now = evaluate_target(target, questions, skipped, args.prompt, out, benchmark=args.benchmark,
                                          base_settings=base_settings, batch_size=args.batch_size,
                                          max_new_tokens=args.max_new_tokens, load=load)
         evaluated += now
+        if now:
+            spent, scored = spent + time.perf_counter() - started, scored + 1
+            per_model = spent / scored
+            log.info("%s done (%d/%d models, %s per model, loading included); ETA %s", target.name, done,
+                     len(targets), timedelta(seconds=round(per_model)),
+                     timedelta(seconds=round(per_model * (len(targets) - done))))
         index += [{k: s[k] for k in ("checkpoint", "step", "benchmark", "prompt", "accuracy", "evaluated",
                                      "skipped", "parse_failures")} for s in summaries]
         write_atomically(out / INDEX, json.dumps(index, indent=2) + "\n")
@@ -157,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         if args.pushgateway and push_error is None:
             try:
                 metrics.push(args.pushgateway, metrics.scores_registry(summaries, target.step),
-                             {"run": run_name, "checkpoint": target.name},
+                             metrics.grouping_key(namespace, run_name, target.name),
                              attempts=args.push_attempts, backoff=args.push_backoff)
             except metrics.PushError as e:
                 push_error = e

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from eval_job.checkpoints import Target
@@ -60,7 +60,10 @@ def evaluate_prompt(generator, questions: list[Question], prompt: str, batch_siz
             answer = extract(output)
             rows.append({"line": q.line, "image": q.image, "question": q.question, "ground_truth": q.ground_truth,
                          "model_output": output, "extracted_answer": answer, "correct": answer == q.ground_truth})
-        log.info("%s %s: %d/%d questions", label, prompt, len(rows), len(questions))
+        rate = len(rows) / max(time.perf_counter() - start, 1e-9)
+        eta = timedelta(seconds=round((len(questions) - len(rows)) / rate))
+        log.info("%s %s: %d/%d questions | %.2f questions/s | ETA %s", label, prompt, len(rows), len(questions),
+                 rate, eta)
     return rows, time.perf_counter() - start
 
 

@@ -1,5 +1,8 @@
 """The evaluator's Prometheus metrics, pushed to a Pushgateway (job "r1v-eval", grouping key
-{run, checkpoint}); documented in docs/metrics.md ("Evaluator").
+{namespace, run, checkpoint}); documented in docs/metrics.md ("Evaluator").
+
+`namespace` is the Kubernetes namespace of the run, so two releases with the same run name in two
+namespaces push to two groups instead of overwriting each other's scores.
 
 Every value is a gauge: a push is a snapshot of one finished evaluation, and the Pushgateway keeps
 the last push of each group. A push replaces its whole group (HTTP PUT), so a successful evaluation
@@ -9,14 +12,20 @@ of a run's final model also clears an earlier failure pushed for it.
 from __future__ import annotations
 
 import logging
+import os
 import time
+import urllib.error
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
 log = logging.getLogger(__name__)
 
 JOB = "r1v-eval"
+# Where a pod finds its own namespace when the chart's downward-API POD_NAMESPACE is not set.
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+DEFAULT_NAMESPACE = "default"
 SCORE_LABELS = ("benchmark", "prompt")
 
 # name -> (help, labels)
@@ -77,14 +86,39 @@ def failure_registry(reason: str, when: float | None = None) -> CollectorRegistr
     return registry
 
 
+def pod_namespace(explicit: str | None = None, service_account_file: Path = SERVICE_ACCOUNT_NAMESPACE) -> str:
+    """The run's namespace: `explicit` (--namespace), else $POD_NAMESPACE (the chart sets it through the
+    downward API), else the mounted service account's namespace, else "default" (Kubernetes' own
+    default namespace: a run outside a cluster)."""
+    if explicit:
+        return explicit
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    try:
+        return service_account_file.read_text().strip() or DEFAULT_NAMESPACE
+    except OSError:
+        return DEFAULT_NAMESPACE
+
+
+def grouping_key(namespace: str, run: str, checkpoint: str) -> dict[str, str]:
+    return {"namespace": namespace, "run": run, "checkpoint": checkpoint}
+
+
 class PushError(Exception):
     pass
 
 
+def _permanent(error: OSError) -> bool:
+    """A 4xx answer other than 429 (Too Many Requests) will be the same on every retry: e.g. 400 for
+    metrics inconsistent with what the gateway holds, 401/403 from a proxy in front of it."""
+    return isinstance(error, urllib.error.HTTPError) and 400 <= error.code < 500 and error.code != 429
+
+
 def push(gateway: str, registry: CollectorRegistry, grouping_key: dict[str, str], *, attempts: int = 5,
          backoff: float = 2.0, timeout: float = 10.0, sleep: Callable[[float], None] = time.sleep) -> None:
-    """PUT `registry` to the group; retries with exponential backoff (backoff, 2*backoff, ...), then
-    raises PushError naming the gateway, the group and the last error."""
+    """PUT `registry` to the group; retries connection errors, timeouts, 5xx and 429 with exponential
+    backoff (backoff, 2*backoff, ...), then raises PushError naming the gateway, the group and the last
+    error. Other 4xx answers raise at once."""
     for attempt in range(1, attempts + 1):
         try:
             push_to_gateway(gateway, job=JOB, registry=registry, grouping_key=grouping_key, timeout=timeout)
@@ -92,6 +126,8 @@ def push(gateway: str, registry: CollectorRegistry, grouping_key: dict[str, str]
             return
         except OSError as e:  # connection refused, timeouts and HTTP errors (URLError is an OSError)
             last = e
+            if _permanent(e):
+                raise PushError(f"the Pushgateway at {gateway} refused {grouping_key} (not retried): {e}") from e
             if attempt < attempts:
                 delay = backoff * 2 ** (attempt - 1)
                 log.warning("push to %s failed (attempt %d/%d, retrying in %.1f s): %s",

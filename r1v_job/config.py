@@ -34,6 +34,12 @@ class R1VScriptArguments(ScriptArguments):
         default=8000,
         metadata={"help": "Port of the Prometheus /metrics endpoint served by the rank-0 process; 0 disables it."},
     )
+    metrics_grace_seconds: float = field(
+        default=60.0,
+        metadata={"help": "Seconds /metrics keeps serving after the final model and the completion marker are "
+                          "written, so Prometheus scrapes the final step and values; keep it at least two scrape "
+                          "intervals (the chart scrapes every 15 s, kube-prometheus-stack's default is 30 s)."},
+    )
     auto_resume: bool = field(
         default=True,
         metadata={"help": "Resume from the newest complete checkpoint in output_dir, skipping half-written ones."},

@@ -21,7 +21,7 @@ from trl import GRPOConfig, ModelConfig, TrlParser
 from .checkpoints import latest_complete_checkpoint, write_completion_marker
 from .config import R1VScriptArguments
 from .data import load_train_dataset
-from .metrics import PrometheusCallback, StepLogCallback
+from .metrics import finish_training_metrics, training_callbacks
 from .rewards import get_reward_funcs
 from .trainer import R1VGRPOTrainer, StopAtStepCallback
 
@@ -94,8 +94,7 @@ def build_trainer(script_args: R1VScriptArguments, training_args: GRPOConfig, mo
         args=training_args,
         train_dataset=train_dataset,
         processing_class=processor,
-        callbacks=[PrometheusCallback(script_args.metrics_port, script_args.reward_funcs),
-                   StepLogCallback(script_args.reward_funcs), StopAtStepCallback(script_args.stop_at_step),
+        callbacks=[*training_callbacks(script_args), StopAtStepCallback(script_args.stop_at_step),
                    *(callbacks or [])],
     )
     # One readable line per step (StepLogCallback) instead of transformers' dict dump (it replaces
@@ -120,6 +119,7 @@ def run(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: 
                                          trainer.state.global_step)
         logger.info("final model in %s; completion marker %s", training_args.output_dir, marker)
     trainer.accelerator.wait_for_everyone()
+    finish_training_metrics(trainer)  # rank 0: the final values stay scrapeable for metrics_grace_seconds
     return trainer
 
 

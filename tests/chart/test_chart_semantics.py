@@ -252,15 +252,27 @@ def test_monitoring_off_renders_no_prometheus_operator_objects():
 
 
 def test_dashboard_configmap_carries_every_dashboard_file_and_the_sidecar_label():
-    cm = only(render({"monitoring": {"dashboard": {"labels": {"grafana_dashboard": "0", "team": "ml"},
+    cm = only(render({"monitoring": {"dashboard": {"enabled": True, "labels": {"grafana_dashboard": "0", "team": "ml"},
                                                           "namespace": "monitoring"}}}), "ConfigMap", "-dashboard")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert cm["metadata"]["labels"]["team"] == "ml"
     assert cm["metadata"]["namespace"] == "monitoring"
     files = sorted((CHART / "dashboards").glob("*.json"))
-    assert files and sorted(cm["data"]) == [f.name for f in files]
+    uid = "r1v-k8s-training"  # monitoring.dashboard.uid's default
+    assert files and sorted(cm["data"]) == [f"{uid}-{f.name}" for f in files]
     for f in files:
-        assert json.loads(cm["data"][f.name]) == json.loads(f.read_text())
+        assert json.loads(cm["data"][f"{uid}-{f.name}"]) == {**json.loads(f.read_text()), "uid": uid}
+
+
+def test_the_dashboard_ships_once_per_cluster_under_the_uid_its_owner_sets():
+    # Off by default: a release does not ship it unless it is the one that owns it.
+    assert not [o for o in render() if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")]
+    # Named by uid, not by release: two owning releases collide on one name (Helm refuses the second).
+    owner = {"monitoring": {"dashboard": {"enabled": True, "uid": "ml-team-r1v"}}}
+    first, second = (only(render(owner, name=n), "ConfigMap", "-dashboard") for n in ("exp1", "exp2"))
+    assert first["metadata"]["name"] == second["metadata"]["name"] == "ml-team-r1v-dashboard"
+    (text,) = first["data"].values()
+    assert json.loads(text)["uid"] == "ml-team-r1v"
 
 
 # --- names, labels, NOTES ----------------------------------------------------------------------------

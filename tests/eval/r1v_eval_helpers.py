@@ -38,7 +38,10 @@ class Pushgateway:
         if not Path(PUSHGATEWAY_BIN).exists():
             pytest.fail("prometheus-pushgateway is not installed: run `make tools`")
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([PUSHGATEWAY_BIN, f"--web.listen-address=127.0.0.1:{self.port}"],
+            # Debian's build defaults --persistence.file to /var/lib/prometheus/pushgateway.data: every
+            # test gateway would start with the groups earlier runs left there. Empty = memory only.
+            self.proc = subprocess.Popen([PUSHGATEWAY_BIN, f"--web.listen-address=127.0.0.1:{self.port}",
+                                          "--persistence.file="],
                                          stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

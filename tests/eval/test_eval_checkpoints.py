@@ -63,7 +63,9 @@ def test_checkpoint_mode_scores_each_checkpoint_then_final_and_a_rerun_evaluates
         raise AssertionError("a rerun loaded a model")
     monkeypatch.setattr("eval_job.generate.load_generator", no_model)
     from prometheus_client import delete_from_gateway
-    delete_from_gateway(pushgateway.url, job="r1v-eval", grouping_key={"run": "run", "checkpoint": "checkpoint-1"})
+    from eval_job.metrics import grouping_key, pod_namespace
+    delete_from_gateway(pushgateway.url, job="r1v-eval",
+                        grouping_key=grouping_key(pod_namespace(), "run", "checkpoint-1"))
     assert not pushgateway.samples("r1v_eval_checkpoint_step", run="run", checkpoint="checkpoint-1")
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="eval_job"):

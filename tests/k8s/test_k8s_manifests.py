@@ -64,7 +64,7 @@ def test_pushgateway_is_scraped_with_honor_labels_and_matches_the_chart_url():
 def test_prometheus_and_grafana_select_what_the_chart_labels():
     kps = _kps()
     sidecar = kps["grafana"]["sidecar"]["dashboards"]
-    dashboard = only(render({}), "ConfigMap", "-dashboard")
+    dashboard = only(render({"monitoring": {"dashboard": {"enabled": True}}}), "ConfigMap", "-dashboard")
     assert dashboard["metadata"]["labels"][sidecar["label"]] == sidecar["labelValue"]
     assert sidecar["searchNamespace"] == "ALL"
     monitor = only(render({}), "ServiceMonitor")

@@ -84,7 +84,7 @@ def first_run(tiny_model_dir, clevr_train, tmp_path_factory, monkeypatch_module)
     # counts share every generation batch.
     script_args, training_args, model_args = _args(
         tiny_model_dir, clevr_train, out, "--max_steps", "4", "--save_steps", "2",
-        "--gradient_accumulation_steps", "2", "--metrics_port", str(port),
+        "--gradient_accumulation_steps", "2", "--metrics_port", str(port), "--metrics_grace_seconds", "0",
         "--reward_funcs", "accuracy_reward", "format_reward", "recording_reward")
     trainer = run(script_args, training_args, model_args, callbacks=[scraper])
     return dict(out=out, trainer=trainer, recorder=recorder, scraper=scraper)
@@ -129,22 +129,49 @@ def test_metrics_endpoint_matches_the_logged_values_during_the_run(first_run):
     assert len(seen) == 4
     for logs, samples, step in seen:
         assert samples[("r1v_train_global_step", ())] == step
-        assert samples[("r1v_train_reward", (("reward", "total"),))] == pytest.approx(logs["reward"])
-        assert samples[("r1v_train_reward", (("reward", "format_reward"),))] == pytest.approx(
+        assert samples[("r1v_train_reward", ())] == pytest.approx(logs["reward"])
+        assert samples[("r1v_train_reward_std", ())] == pytest.approx(logs["reward_std"])
+        assert samples[("r1v_train_function_reward", (("function", "format_reward"),))] == pytest.approx(
             logs["rewards/format_reward/mean"])
-        assert samples[("r1v_train_reward_std", (("reward", "accuracy_reward"),))] == pytest.approx(
+        assert samples[("r1v_train_function_reward_std", (("function", "accuracy_reward"),))] == pytest.approx(
             logs["rewards/accuracy_reward/std"])
         assert samples[("r1v_train_kl", ())] == pytest.approx(logs["kl"])
         assert samples[("r1v_train_loss", ())] == pytest.approx(logs["loss"])
         assert samples[("r1v_train_learning_rate", ())] == pytest.approx(logs["learning_rate"])
-        assert samples[("r1v_train_completion_length_tokens", (("stat", "mean"),))] == pytest.approx(
-            logs["completions/mean_length"])
-        assert samples[("r1v_train_max_steps", ())] == 4
+        assert samples[("r1v_train_entropy_nats", ())] == pytest.approx(logs["entropy"])
+        assert samples[("r1v_train_reward_zero_std_ratio", ())] == pytest.approx(logs["frac_reward_zero_std"])
+        assert samples[("r1v_train_completion_truncated_ratio", ())] == pytest.approx(logs["completions/clipped_ratio"])
+        for stat in ("mean", "min", "max"):
+            assert samples[(f"r1v_train_completion_length_{stat}_tokens", ())] == pytest.approx(
+                logs[f"completions/{stat}_length"])
+            assert samples[(f"r1v_train_terminated_completion_length_{stat}_tokens", ())] == pytest.approx(
+                logs[f"completions/{stat}_terminated_length"])
+        # The bounds are disjoint: their sum is TRL's region share.
+        low, high = (samples[("r1v_train_clip_ratio", (("bound", b),))] for b in ("low", "high"))
+        assert low == pytest.approx(logs["clip_ratio/low_mean"]) and high == pytest.approx(logs["clip_ratio/high_mean"])
+        assert low + high == pytest.approx(logs["clip_ratio/region_mean"])
+        assert samples[("r1v_train_tokens_total", ())] == logs["num_tokens"] > 0
+        assert samples[("r1v_train_max_steps", ())] == samples[("r1v_train_final_step", ())] == 4
+        assert samples[("r1v_train_completion_timestamp_seconds", ())] == 0  # not finished yet
+        # No reward="total" beside the per-function values any more: a sum over `function` is meaningful.
+        assert not [k for k in samples if k[0] == "r1v_train_function_reward" and dict(k[1])["function"] == "total"]
     # Counters and the step histogram: 16 rollouts = 4 prompts per optimizer step.
     logs, samples, step = seen[-1]
     assert samples[("r1v_train_rollouts_total", ())] == 16 * step
     assert samples[("r1v_train_prompts_total", ())] == 4 * step
     assert samples[("r1v_train_step_duration_seconds_count", ())] == step
+
+
+def test_every_trainer_series_is_documented():
+    from pathlib import Path
+
+    from r1v_job.metrics import new_registry
+
+    section = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text().split(
+        "## Trainer (scraped from rank 0)", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(r1v_train_\w+)`", section, re.M))
+    exposed = {f.name + ("_total" if f.type == "counter" else "") for f in new_registry().collect()}
+    assert documented == exposed
 
 
 def test_resume_continues_at_the_right_step_and_skips_a_truncated_checkpoint(
