@@ -274,27 +274,11 @@ def test_trainer_feeds_pil_backend_pixels(seed_run):
     assert (other - expected).abs().max() > 1e-3
 
 
-def test_evaluator_feeds_pil_backend_pixels(seed_run, scenes_480):
-    """The evaluator's Generator, on the model the seed run saved: the pixels model.generate receives."""
-    from transformers import Qwen2VLImageProcessorPil
+def test_an_unknown_image_backend_names_the_choices(tiny_model_dir):
+    from r1v_job.processing import load_processor
 
-    from eval_job.generate import load_generator
-
-    generator = load_generator(seed_run["out"], min_pixels=3136, max_pixels=401408)
-    captured = {}
-    real_generate = generator.model.generate
-
-    def generate(**kw):
-        captured.update(kw)
-        return real_generate(**kw)
-
-    generator.model.generate = generate
-    paths = [scenes_480.parent / json.loads(line)["image"] for line in scenes_480.read_text().splitlines()[:2]]
-    generator.generate(paths, ["How many items are there in the image?"] * 2, "{Question}", max_new_tokens=1)
-    images = [Image.open(p).convert("RGB") for p in paths]
-    expected = Qwen2VLImageProcessorPil(size={"shortest_edge": 3136, "longest_edge": 401408})(
-        images=images, return_tensors="pt")["pixel_values"]
-    assert torch.equal(captured["pixel_values"], expected)
+    with pytest.raises(ValueError, match="image_backend 'cv2': choose one of pil, torchvision"):
+        load_processor(tiny_model_dir, image_backend="cv2")
 
 
 # ---- Precision -------------------------------------------------------------------------------
