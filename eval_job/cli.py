@@ -21,6 +21,7 @@ from eval_job.checkpoints import FINAL, Target, find_targets
 from eval_job.data import DataError, read_questions
 from eval_job.evaluate import evaluate_target, write_atomically
 from eval_job.wait import TrainingFailed, WaitTimeout, parse_wait_for, wait_for_marker, wait_for_pytorchjob
+from r1v_job.processing import IMAGE_BACKENDS
 from r1v_job.prompts import EVAL_PROMPTS
 
 log = logging.getLogger("eval_job")
@@ -52,8 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--min-pixels", type=int, help="image processor pixel floor (default: the model's)")
     p.add_argument("--max-pixels", type=int, help="image processor pixel cap (default: the model's)")
-    p.add_argument("--max-new-tokens", type=int, default=1024,
-                   help="generation budget; an answer cut off by it counts as a parse failure")
+    p.add_argument("--image-backend", choices=IMAGE_BACKENDS, default="pil",
+                   help="image processor backend: pil gives R1-V's pixels, as the trainer's default does "
+                        "(default: pil)")
+    p.add_argument("--max-new-tokens", type=int, default=256,
+                   help="generation budget, R1-V's 256 by default; an answer cut off by it counts as a parse failure")
     p.add_argument("--checkpoints", help="training output folder: score each complete checkpoint-N, then the final model")
     p.add_argument("--wait-for", metavar="pytorchjob/NAME|marker",
                    help="before evaluating, wait for the PyTorchJob to succeed, or for training_complete.json")
@@ -86,7 +90,8 @@ def _loader(args: argparse.Namespace, model_dir: Path):
     def load(target: Target):
         from eval_job import generate  # torch and transformers load only when there is work
 
-        return generate.load_generator(target.path, model_dir, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+        return generate.load_generator(target.path, model_dir, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+                                       image_backend=args.image_backend)
 
     return load
 
@@ -143,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     base_settings = {"data": str(Path(args.data).resolve()), "benchmark": args.benchmark,
                      "max_new_tokens": args.max_new_tokens, "min_pixels": args.min_pixels,
-                     "max_pixels": args.max_pixels}
+                     "max_pixels": args.max_pixels, "image_backend": args.image_backend}
     load = _loader(args, model_dir)
     namespace = metrics.pod_namespace(args.namespace)
     out.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText
 
+from r1v_job.processing import load_processor
 from r1v_job.prompts import conversation
 
 log = logging.getLogger(__name__)
@@ -39,20 +40,11 @@ class Generator:
     """One loaded model and processor; `generate` answers questions about images."""
 
     def __init__(self, model_dir: str | Path, processor_dir: str | Path | None = None, *,
-                 min_pixels: int | None = None, max_pixels: int | None = None):
+                 min_pixels: int | None = None, max_pixels: int | None = None, image_backend: str = "pil"):
         self.device, dtype, attn = runtime()
-        processor_dir = processor_dir or model_dir
-        processor = AutoProcessor.from_pretrained(processor_dir)
-        if min_pixels or max_pixels:
-            # Qwen2-VL's image processor takes the pixel budget as size={shortest,longest}_edge
-            # (the min_pixels/max_pixels kwargs are deprecated); keep the saved value for the other.
-            size = processor.image_processor.size
-            processor = AutoProcessor.from_pretrained(processor_dir, size={
-                "shortest_edge": min_pixels or size["shortest_edge"],
-                "longest_edge": max_pixels or size["longest_edge"],
-            })
-        processor.tokenizer.padding_side = "left"
-        self.processor = processor
+        # The trainer's processor construction (r1v_job.processing): the same pixels in both.
+        self.processor = load_processor(processor_dir or model_dir, image_backend=image_backend,
+                                        min_pixels=min_pixels, max_pixels=max_pixels)
         self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn)
         self.model.to(self.device).eval()
         log.info("loaded %s on %s (%s, %s)", model_dir, self.device, dtype, attn)
@@ -77,10 +69,12 @@ class Generator:
 
 
 def load_generator(model_dir: str | Path, fallback_processor_dir: str | Path | None = None, *,
-                   min_pixels: int | None = None, max_pixels: int | None = None) -> Generator:
+                   min_pixels: int | None = None, max_pixels: int | None = None,
+                   image_backend: str = "pil") -> Generator:
     """A Generator for `model_dir`; a checkpoint saved without its processor borrows the final
     model's (`fallback_processor_dir`)."""
     processor_dir = model_dir
     if not has_processor(model_dir) and fallback_processor_dir and has_processor(fallback_processor_dir):
         processor_dir = fallback_processor_dir
-    return Generator(model_dir, processor_dir, min_pixels=min_pixels, max_pixels=max_pixels)
+    return Generator(model_dir, processor_dir, min_pixels=min_pixels, max_pixels=max_pixels,
+                     image_backend=image_backend)

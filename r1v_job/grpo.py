@@ -15,13 +15,14 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoProcessor, PrinterCallback
+from transformers import PrinterCallback
 from trl import GRPOConfig, ModelConfig, TrlParser
 
 from .checkpoints import latest_complete_checkpoint, write_completion_marker
-from .config import R1VScriptArguments
+from .config import R1VScriptArguments, check_precision
 from .data import load_train_dataset
 from .metrics import finish_training_metrics, training_callbacks
+from .processing import load_processor
 from .rewards import get_reward_funcs
 from .trainer import R1VGRPOTrainer, StopAtStepCallback
 
@@ -61,6 +62,8 @@ def bootstrap_offline(script_args: R1VScriptArguments, model_args: ModelConfig) 
 
 def build_trainer(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: ModelConfig,
                   callbacks: list | None = None) -> R1VGRPOTrainer:
+    # Before anything loads: a plain optimizer on 16-bit weights would lose R1-V's 1e-6 updates.
+    check_precision(training_args, model_args)
     if script_args.offline_bootstrap:
         # Rank 0 builds; the others wait for it, then find the files there and build nothing.
         with training_args.main_process_first(local=False, desc="offline bootstrap"):
@@ -72,13 +75,10 @@ def build_trainer(script_args: R1VScriptArguments, training_args: GRPOConfig, mo
         "attn_implementation": choose_attn_implementation(model_args.attn_implementation),
         "revision": model_args.model_revision,
     }
-    processor = AutoProcessor.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        # Qwen2-VL's pixel budget per image (R1-V: min 3136, max 401408), in transformers 5's form.
-        size={"shortest_edge": script_args.min_pixels, "longest_edge": script_args.max_pixels},
-        padding_side="left",  # generation appends on the right
-    )
+    # R1-V's pixels (PIL backend) and pixel budget per image (min 3136, max 401408).
+    processor = load_processor(model_args.model_name_or_path, image_backend=script_args.image_backend,
+                               min_pixels=script_args.min_pixels, max_pixels=script_args.max_pixels,
+                               revision=model_args.model_revision)
     with training_args.main_process_first(desc="load and validate the training data"):
         train_dataset = load_train_dataset(
             script_args.dataset_name,

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
 from .config import last_step
+
+logger = logging.getLogger("r1v_job")
 
 
 class StopAtStepCallback(TrainerCallback):
@@ -18,6 +22,11 @@ class StopAtStepCallback(TrainerCallback):
 
     def __init__(self, stop_at_step: int | None):
         self.stop_at_step = stop_at_step
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        stop = last_step(state.max_steps, self.stop_at_step)
+        logger.info("LR schedule: %s over %d steps; training stops at step %d", args.lr_scheduler_type,
+                    state.max_steps, stop)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.stop_at_step is not None and state.global_step >= last_step(state.max_steps, self.stop_at_step):
