@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from r1v_chart_helpers import CHART
+from tests.chart.r1v_chart_helpers import CHART
 
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
 # PromQL functions and keywords never start with r1v_, so every r1v_ identifier is a series name.

@@ -7,7 +7,7 @@ import copy
 import helm_python as helm
 import pytest
 
-from r1v_chart_helpers import (CHART, admission_problems, ci_value_sets, crd_problems, kinds,
+from tests.chart.r1v_chart_helpers import (CHART, admission_problems, ci_value_sets, crd_problems, kinds,
                                kubernetes_validate_problems, only, render, validation_problems)
 
 VALUE_SETS = {"defaults": {}, **ci_value_sets()}

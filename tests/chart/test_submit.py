@@ -19,7 +19,7 @@ from kubeflow.training import TrainingClient
 from kubeflow.training.api_client import ApiClient
 from kubernetes import client as k8s
 
-from r1v_chart_helpers import CHART, ci_value_sets, only, render
+from tests.chart.r1v_chart_helpers import CHART, ci_value_sets, only, render
 from r1v_job import submit
 
 PODS = kmock.resource("", "v1", "pods")

@@ -152,7 +152,7 @@ def test_forbidden_job_fails_at_once_instead_of_waiting(fake_k8s, tiny_model, qu
     import kmock
 
     # RBAC refusing the evaluator's service account will not fix itself: no point waiting a day.
-    fake_k8s.handler[f"get {JOB_PATH.format(name='r1v-denied')}"] << kmock.KubernetesError(
+    fake_k8s.emulator[f"get {JOB_PATH.format(name='r1v-denied')}"] << kmock.KubernetesError(
         status=403, reason="Forbidden", message="pytorchjobs.kubeflow.org is forbidden")
     started = time.monotonic()
     rc = cli.main(["--model", str(tiny_model), "--data", str(questions), "--out", str(tmp_path / "out"),

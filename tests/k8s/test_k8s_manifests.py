@@ -3,7 +3,6 @@ them and the chart agree (Pushgateway URL, monitor labels, dashboard label, GPU 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,8 +10,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
-sys.path.insert(0, str(REPO / "tests" / "chart"))
-from r1v_chart_helpers import CHART, crd_problems, kubernetes_validate_problems, only, render  # noqa: E402
+from tests.chart.r1v_chart_helpers import CHART, crd_problems, kubernetes_validate_problems, only, render
 
 MANIFESTS = [K8S / "namespace.yaml", K8S / "storage" / "nfs-storageclass.yaml", K8S / "storage" / "pvc.yaml",
              K8S / "monitoring" / "pushgateway.yaml"]
