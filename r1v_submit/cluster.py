@@ -103,7 +103,7 @@ class Cluster:
         return self._call("GET", f"/apis/{group_version}/namespaces/{namespace}/{plural}/{name}")
 
     def follow(self, kind: str, name: str, namespace: str, poll_seconds: float = 5.0,
-               timeout_seconds: float = 7 * 24 * 3600, out=sys.stdout) -> bool:
+               timeout_seconds: float = 7 * 24 * 3600, out=None) -> bool:
         """Streams the rank-0 pod's log until it ends; True when the job succeeded, False when it failed."""
         from kubernetes import client
 
@@ -127,7 +127,7 @@ class Cluster:
                                                       follow=True, _preload_content=False)
                 for line in stream.stream():
                     for text in line.decode(errors="replace").splitlines():
-                        print(f"[Pod {pod.metadata.name}]: {text}", file=out, flush=True)
+                        print(f"[Pod {pod.metadata.name}]: {text}", file=out or sys.stdout, flush=True)
                 break
             else:
                 time.sleep(poll_seconds)
