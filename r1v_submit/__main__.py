@@ -115,5 +115,10 @@ def main(argv: list[str] | None = None, configuration=None) -> int:
         return 2
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The r1v-submit console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()
