@@ -74,9 +74,7 @@ def main(argv: list[str] | None = None, configuration=None) -> int:
     """configuration: a kubernetes client Configuration (tests); default: connect()."""
     a = parse_args(argv)
     try:
-        import helm_python
-
-        helm_python.disable_logging()  # Helm's INFO lines about the recipe symlinks
+        # In a checkout Helm's loader notes each followed recipe link on stderr; stdout stays YAML.
         if a.dry_run:
             objects, _ = rendered_objects(a, a.namespace or "default", a.api_versions)
             yaml.safe_dump_all(objects, sys.stdout, sort_keys=False)

@@ -47,6 +47,8 @@ def test_trainer_is_pinned_to_the_release_the_crds_come_from():
     from tests.outside import FIXTURES
 
     assert "/v2.3.0/" in FIXTURES["trainjobs-crd"].url
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["annotations"]["r1v.dev/kubeflow-trainer"] == "v2.3.0"
 
 
 def _pushgateway() -> dict:

@@ -208,13 +208,6 @@ merged over the top-level ones, key by key. Called with (dict "root" $ "componen
 {{- toYaml (mergeOverwrite (deepCopy .root.Values.securityContext) (.component.securityContext | default dict)) }}
 {{- end }}
 
-{{/* A component's extraEnv and extraEnvFrom, as container fields. Called with the component's values. */}}
-{{- define "r1v.extraEnv" -}}
-{{- with .extraEnv }}
-{{ toYaml . }}
-{{- end }}
-{{- end }}
-
 {{/* The recipe directory: the chart's ConfigMap (DeepSpeed configs, default or inline recipe), or a user's ConfigMap projected in as recipe.yaml. */}}
 {{- define "r1v.recipeVolume" -}}
 - name: recipe

@@ -154,7 +154,7 @@ PyTorchJob's Master and Worker differ only in the metrics port (rank 0, on the m
 */}}
 {{- define "r1v.trainer.podTemplate" -}}
 {{- $root := .root }}
-{{- $v := $root.Values }}
+{{- $v := $root.Values -}}
 metadata:
   {{- include "r1v.trainer.podMetadata" $root | nindent 2 }}
 spec:
@@ -167,7 +167,9 @@ spec:
   # JobSet restarts the whole set (every node together, as NCCL needs); see trainingruntime.yaml.
   restartPolicy: Never
   {{- end }}
-  {{- include "r1v.imagePullSecrets" $root | nindent 2 }}
+  {{- with include "r1v.imagePullSecrets" $root | trim }}
+  {{- . | nindent 2 }}
+  {{- end }}
   securityContext:
     {{- include "r1v.podSecurityContext" (dict "root" $root "component" $v.trainer) | nindent 4 }}
   {{- if and $v.gangScheduling.enabled $v.gangScheduling.schedulerName (ne .role "node") }}
@@ -184,7 +186,9 @@ spec:
   # Cluster DNS (the operator's master Service names) still resolves on the host network.
   dnsPolicy: ClusterFirstWithHostNet
   {{- end }}
-  {{- include "r1v.trainer.scheduling" $root | nindent 2 }}
+  {{- with include "r1v.trainer.scheduling" $root | trim }}
+  {{- . | nindent 2 }}
+  {{- end }}
   {{- with $v.trainer.topologySpreadConstraints }}
   topologySpreadConstraints:
     {{- toYaml . | nindent 4 }}
