@@ -126,3 +126,33 @@ def test_sigterm_reaches_torchrun_and_its_code_is_kept(launcher, pod):
     proc.send_signal(signal.SIGTERM)  # the kubelet stopping the pod
     assert proc.wait(20) == 143  # torchrun's own exit (128+15): retryable
     assert "torchrun got TERM" in calls(tmp_path)
+
+
+@pytest.mark.parametrize("failing_rank, expected", [(None, 0), (1, 200)])
+def test_real_torchrun_takes_the_operators_pet_env_and_a_worker_crash_is_retryable(
+        launcher, pod, tmp_path, failing_rank, expected):
+    """The real torchrun under the launcher, with the PET_* variables both operators inject
+    (Training Operator v1.9 and Trainer v2.3's torch plugin use the same names) and no topology
+    flags, as the chart runs it. A failing worker makes torchrun exit 1, which the launcher turns
+    into the retryable 200: the reason the launcher exists."""
+    import sys
+
+    from tests.helpers import free_port
+
+    _, env = pod
+    worker = tmp_path / "worker.py"
+    worker.write_text("import os, sys\n"
+                      "rank = os.environ['RANK']\n"
+                      "open(os.path.join(sys.argv[1], 'rank' + rank), 'w').write(os.environ['WORLD_SIZE'])\n"
+                      f"sys.exit(3 if rank == {str(failing_rank)!r} else 0)\n")
+    out = tmp_path / "ranks"
+    out.mkdir()
+    real = {**env, "PATH": f"{tmp_path / 'bin'}:{sys.executable.rsplit('/', 1)[0]}:{os.environ['PATH']}",
+            "R1V_PREFLIGHT": "0", "OMP_NUM_THREADS": "1",
+            "PET_NNODES": "1", "PET_NPROC_PER_NODE": "2", "PET_NODE_RANK": "0",
+            "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(free_port())}
+    (tmp_path / "bin" / "torchrun").unlink()  # the venv's torchrun, not the stub
+    proc = subprocess.run(["sh", str(launcher), str(worker), str(out)], env=real, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == expected, proc.stderr[-2000:]
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"rank0": "2", "rank1": "2"}  # WORLD_SIZE 2
