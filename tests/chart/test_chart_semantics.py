@@ -365,3 +365,11 @@ def test_evaluator_is_retried_only_when_a_retry_can_help():
     assert 3 in fail_codes        # training failed: evaluating again cannot succeed
     assert 5 not in fail_codes    # results on disk, push failed: a retry pushes them
     assert all(r["onExitCodes"]["containerName"] == "evaluator" for r in policy if "onExitCodes" in r)
+
+
+def test_notes_warn_that_a_bare_install_needs_the_model_and_data_on_the_volume():
+    text = notes({})
+    assert "WARNING: dataPrep.enabled=false" in text
+    assert "/data/models/Qwen2-VL-2B-Instruct" in text and "/data/datasets/clevr_cogen_a_train" in text
+    assert "kubectl -n r1v logs r1v-master-0 -c pytorch | grep 'r1v launch'" in text
+    assert "WARNING" not in notes({"dataPrep": {"enabled": True}})
