@@ -70,6 +70,19 @@ def connect(kubeconfig: str | None, context: str | None):
     return client.Configuration.get_default_copy()
 
 
+def default_namespace(kubeconfig: str | None, context: str | None) -> str:
+    """The kube context's namespace, else the pod's (in a cluster), else "default" (as kubectl)."""
+    from kubeflow.training.utils.utils import get_default_target_namespace
+    from kubernetes import config
+
+    try:
+        contexts, current = config.list_kube_config_contexts(kubeconfig)
+        chosen = next((c for c in contexts if c["name"] == context), current) if context else current
+        return chosen["context"].get("namespace") or "default"
+    except (config.ConfigException, OSError, TypeError, KeyError):
+        return get_default_target_namespace()
+
+
 def main(argv: list[str] | None = None, configuration=None) -> int:
     """configuration: a kubernetes client Configuration (tests); default: connect()."""
     a = parse_args(argv)
@@ -85,14 +98,7 @@ def main(argv: list[str] | None = None, configuration=None) -> int:
         from r1v_submit.cluster import Cluster, in_order
 
         cfg = configuration if configuration is not None else connect(a.kubeconfig, a.context)
-        namespace = a.namespace
-        if namespace is None:
-            from kubernetes import config as kconfig
-
-            try:
-                namespace = kconfig.list_kube_config_contexts(a.kubeconfig)[1]["context"].get("namespace") or "default"
-            except (kconfig.ConfigException, OSError, TypeError, KeyError):
-                namespace = "default"
+        namespace = a.namespace or default_namespace(a.kubeconfig, a.context)
         cluster = Cluster(client.ApiClient(cfg), TrainingClient(client_configuration=cfg, namespace=namespace))
         objects, notes = rendered_objects(a, namespace, cluster.api_versions())
         job = next(o for o in objects if o["kind"] in ("PyTorchJob", "TrainJob"))

@@ -268,3 +268,11 @@ def test_runs_from_the_built_wheel_outside_the_checkout(tmp_path):
     docs = [d for d in yaml.safe_load_all(run.stdout) if d]
     assert only(docs, "ConfigMap", "-recipe")["data"]["recipe.yaml"] == recipe.read_text()
     assert only(docs, "TrainJob")["spec"]["runtimeRef"]["kind"] == "TrainingRuntime"
+
+
+def test_namespace_defaults_to_the_kube_contexts(cluster, capsys, tmp_path):
+    kubeconfig = cluster.kubeconfig(tmp_path / "kubeconfig", "team-b")
+    assert submit.main(["--release", "exp", "--kubeconfig", str(kubeconfig), "--no-follow"],
+                       configuration=cluster.configuration()) == 0
+    assert (PYTORCHJOBS, "team-b", "exp-r1v") in cluster.emulator.objects
+    assert "submitted PyTorchJob team-b/exp-r1v" in capsys.readouterr().out
