@@ -41,6 +41,11 @@ RUN python pins.py gpu > /tmp/gpu.txt \
 COPY README.md ./
 COPY r1v_job ./r1v_job
 COPY eval_job ./eval_job
+# r1v_submit carries the chart as package data (r1v_submit/chart links to charts/r1v, whose
+# files/ link to recipes/): all three are copied so the wheel built here holds the chart.
+COPY r1v_submit ./r1v_submit
+COPY charts ./charts
+COPY recipes ./recipes
 RUN pip install --no-cache-dir --no-deps .
 
 # ---- runtime: CUDA runtime libraries, Python and the venv only ----------------------------------

@@ -20,7 +20,7 @@ from eval_job import metrics
 from eval_job.checkpoints import FINAL, Target, find_targets
 from eval_job.data import DataError, read_questions
 from eval_job.evaluate import evaluate_target, write_atomically
-from eval_job.wait import TrainingFailed, WaitTimeout, parse_wait_for, wait_for_marker, wait_for_pytorchjob
+from eval_job.wait import TrainingFailed, WaitTimeout, parse_wait_for, wait_for_job, wait_for_marker
 from r1v_job.processing import IMAGE_BACKENDS
 from r1v_job.prompts import EVAL_PROMPTS
 
@@ -59,12 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=256,
                    help="generation budget, R1-V's 256 by default; an answer cut off by it counts as a parse failure")
     p.add_argument("--checkpoints", help="training output folder: score each complete checkpoint-N, then the final model")
-    p.add_argument("--wait-for", metavar="pytorchjob/NAME|marker",
-                   help="before evaluating, wait for the PyTorchJob to succeed, or for training_complete.json")
-    p.add_argument("--namespace", help="the run's namespace: the PyTorchJob's, and the `namespace` grouping label of "
+    p.add_argument("--wait-for", metavar="pytorchjob/NAME|trainjob/NAME|marker",
+                   help="before evaluating, wait for the PyTorchJob or TrainJob to succeed, or for training_complete.json")
+    p.add_argument("--namespace", help="the run's namespace: the training job's, and the `namespace` grouping label of "
                    "the pushed scores (default: the pod's, from $POD_NAMESPACE or its service account; outside a "
-                   "cluster the kubeconfig's for the PyTorchJob and \"default\" for the label)")
-    p.add_argument("--kubeconfig", help="kubeconfig for --wait-for pytorchjob (default: the pod's service account, "
+                   "cluster the kubeconfig's for the job and \"default\" for the label)")
+    p.add_argument("--kubeconfig", help="kubeconfig for --wait-for KIND/NAME (default: the pod's service account, "
                    "else $KUBECONFIG or ~/.kube/config)")
     p.add_argument("--timeout", type=float, default=86400.0, help="seconds to wait for training (default: 1 day)")
     p.add_argument("--poll-interval", type=float, default=15.0, help="seconds between checks while waiting")
@@ -102,11 +102,11 @@ def _wait(args: argparse.Namespace, model_dir: Path, run: str) -> int:
         if kind == "marker":
             wait_for_marker(Path(args.checkpoints or model_dir), args.timeout, args.poll_interval)
         else:
-            wait_for_pytorchjob(name, args.namespace, args.timeout, args.poll_interval, args.kubeconfig)
+            wait_for_job(kind, name, args.namespace, args.timeout, args.poll_interval, args.kubeconfig)
     except WaitTimeout as e:
         log.error("%s", e)
         return EXIT_WAIT_TIMEOUT
-    except RuntimeError as e:  # the API refused (e.g. 403: the service account may not read PyTorchJobs)
+    except RuntimeError as e:  # the API refused (e.g. 403: the service account may not read the job's kind)
         log.error("cannot read the training job: %s", str(e).splitlines()[0])
         return EXIT_INPUT
     except TrainingFailed as e:

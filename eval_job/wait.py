@@ -1,8 +1,11 @@
 """Waiting for training before evaluating.
 
 - `pytorchjob/NAME`: polls the PyTorchJob through kubeflow-training's TrainingClient until it is
-  Succeeded (returns) or Failed (raises TrainingFailed with the job's reason). The kubernetes and
-  kubeflow packages are imported here only, so marker mode and plain evaluation run without them.
+  Succeeded (returns) or Failed (raises TrainingFailed with the job's reason).
+- `trainjob/NAME`: polls the Kubeflow Trainer v2 TrainJob (trainer.kubeflow.org/v1alpha1) through
+  the kubernetes client until its terminal condition, Complete or Failed (kubeflow-training 1.9
+  has no v2 client). The kubernetes and kubeflow packages are imported here only, so marker mode
+  and plain evaluation run without them.
 - `marker`: polls for the trainer's completion marker, OUTPUT_DIR/training_complete.json, on the
   shared volume.
 """
@@ -29,14 +32,24 @@ class TrainingFailed(Exception):
         self.reason = reason
 
 
+JOB_KINDS = ("pytorchjob", "trainjob")
+
+
 def parse_wait_for(spec: str) -> tuple[str, str | None]:
-    """`pytorchjob/NAME` -> ("pytorchjob", NAME); `marker` -> ("marker", None)."""
+    """`pytorchjob/NAME` -> ("pytorchjob", NAME), `trainjob/NAME` -> ("trainjob", NAME); `marker` -> ("marker", None)."""
     if spec == "marker":
         return "marker", None
     kind, _, name = spec.partition("/")
-    if kind.lower() == "pytorchjob" and name:
-        return "pytorchjob", name
-    raise ValueError(f"--wait-for {spec!r}: expected pytorchjob/NAME or marker")
+    if kind.lower() in JOB_KINDS and name:
+        return kind.lower(), name
+    raise ValueError(f"--wait-for {spec!r}: expected pytorchjob/NAME, trainjob/NAME or marker")
+
+
+def wait_for_job(kind: str, name: str, namespace: str | None, timeout: float, poll: float,
+                 kubeconfig: str | None = None):
+    """wait_for_pytorchjob or wait_for_trainjob, by the kind parse_wait_for returned."""
+    wait = wait_for_trainjob if kind == "trainjob" else wait_for_pytorchjob
+    return wait(name, namespace, timeout, poll, kubeconfig)
 
 
 def wait_for_marker(directory: str | Path, timeout: float, poll: float) -> dict:
@@ -98,3 +111,53 @@ def wait_for_pytorchjob(name: str, namespace: str | None, timeout: float, poll: 
             raise TrainingFailed(f"{namespace}/{name}", condition.reason or "Failed", condition.message or "")
     log.info("PyTorchJob %s/%s succeeded", namespace, name)
     return job
+
+
+TRAINJOB_API = ("trainer.kubeflow.org", "v1alpha1", "trainjobs")
+
+
+def wait_for_trainjob(name: str, namespace: str | None, timeout: float, poll: float,
+                      kubeconfig: str | None = None) -> dict:
+    """Block until TrainJob NAME is Complete; raise TrainingFailed if it Failed. Connects as
+    wait_for_pytorchjob does; retries what it retries (not found yet, API unreachable) and fails at
+    once on any other refusal (403: RBAC) with a RuntimeError."""
+    import urllib3
+    from kubeflow.training.utils.utils import get_default_target_namespace, is_running_in_k8s
+    from kubernetes import client, config
+    from kubernetes.client.rest import ApiException
+
+    if kubeconfig or not is_running_in_k8s():
+        api_client = config.new_client_from_config(config_file=kubeconfig)
+    else:
+        config.load_incluster_config()
+        api_client = client.ApiClient()
+    namespace = namespace or get_default_target_namespace()
+    api = client.CustomObjectsApi(api_client)
+    where = f"TrainJob {namespace}/{name}"
+    deadline = time.monotonic() + timeout
+    log.info("waiting up to %.0f s for %s", timeout, where)
+    while True:
+        try:
+            job = api.get_namespaced_custom_object(*TRAINJOB_API[:2], namespace, TRAINJOB_API[2], name,
+                                                   _request_timeout=max(poll, 5.0))
+            status = {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or []
+                      if c.get("status") == "True"}
+            if "Failed" in status:
+                raise TrainingFailed(f"{namespace}/{name}", status["Failed"].get("reason") or "Failed",
+                                     status["Failed"].get("message") or "")
+            if "Complete" in status:
+                log.info("%s completed", where)
+                return job
+            problem = None
+        except ApiException as e:
+            if e.status != 404:
+                raise RuntimeError(f"Failed to get TrainJob: {namespace}/{name}. Error: ({e.status}) {e.reason}") from e
+            problem = "not found yet"
+        except urllib3.exceptions.HTTPError as e:  # connection refused, timeouts: an API server blip
+            problem = f"not readable: {e}"
+        if time.monotonic() + poll > deadline:
+            raise WaitTimeout(f"{where} did not finish within {timeout:.0f} s"
+                              + (f" ({problem})" if problem else ""))
+        if problem:
+            log.warning("%s %s (retrying)", where, problem)
+        time.sleep(poll)

@@ -4,9 +4,11 @@ Rendering goes through helm-python-sdk (Helm's own Go SDK), so what is checked h
 `helm install` would send. Validation has three layers:
   * built-in kinds: the kubernetes-validate CLI in strict mode (unknown fields are errors, and a
     kind it has no schema for prints WARN, which also fails);
-  * custom resources: the CRD's openAPIV3Schema from ../shared/crds, plus a walk that rejects
-    every field the schema does not declare (the API server would silently prune them);
-  * the Training Operator's admission webhook rules for PyTorchJob, restated from v1.9.
+  * custom resources: the CRD's openAPIV3Schema (tests/outside.py: from ../shared/crds, else fetched
+    from the pinned upstream release, else the test skips), plus a walk that rejects every field the
+    schema does not declare (the API server would silently prune them);
+  * the Training Operator's admission webhook rules for PyTorchJob, restated from v1.9, and the
+    TrainJob name rules of Trainer v2.3 (its CRD's CEL rules, which jsonschema does not run).
 """
 
 from __future__ import annotations
@@ -22,13 +24,23 @@ import helm_python as helm
 import jsonschema
 import yaml
 
+from r1v_submit.chart import helm_render
+from tests.outside import require
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "r1v"
-CRDS = REPO.parent / "shared" / "crds"
 RELEASE = "r1v"
 NAMESPACE = "r1v"
-CUSTOM_KINDS = {("kubeflow.org/v1", "PyTorchJob"), ("monitoring.coreos.com/v1", "ServiceMonitor"),
-                ("monitoring.coreos.com/v1", "PodMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+# Custom kinds the chart renders -> the tests/outside.py fixture holding their CRD.
+CUSTOM_KINDS = {("kubeflow.org/v1", "PyTorchJob"): "pytorchjob-crd",
+                ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors-crd",
+                ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitors-crd",
+                ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrules-crd",
+                ("trainer.kubeflow.org/v1alpha1", "TrainJob"): "trainjobs-crd",
+                ("trainer.kubeflow.org/v1alpha1", "TrainingRuntime"): "trainingruntimes-crd",
+                ("trainer.kubeflow.org/v1alpha1", "ClusterTrainingRuntime"): "clustertrainingruntimes-crd"}
+# Every API group the chart can render objects of, as a cluster with all the operators installed serves them.
+ALL_APIS = ["kubeflow.org/v1", "trainer.kubeflow.org/v1alpha1", "monitoring.coreos.com/v1"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -41,22 +53,28 @@ def ci_value_sets() -> dict[str, dict]:
             for p in sorted((CHART / "ci").glob("*-values.yaml"))}
 
 
-def render_raw(values: dict | None = None, name: str = RELEASE, namespace: str = NAMESPACE) -> dict[str, str]:
-    return chart().render(values or {}, name=name, namespace=namespace, is_install=True)
+def render_raw(values: dict | None = None, name: str = RELEASE, namespace: str = NAMESPACE,
+               api_versions: list[str] | None = None) -> dict[str, str]:
+    """Helm's rendering, as `helm install` against a cluster serving api_versions (default: all of
+    ALL_APIS; [] = a bare cluster) would produce it."""
+    return helm_render(chart(), values or {}, release=name, namespace=namespace,
+                       api_versions=ALL_APIS if api_versions is None else api_versions)
 
 
-def render(values: dict | None = None, name: str = RELEASE, namespace: str = NAMESPACE) -> list[dict]:
+def render(values: dict | None = None, name: str = RELEASE, namespace: str = NAMESPACE,
+           api_versions: list[str] | None = None) -> list[dict]:
     """Every object the chart renders (helm test hooks included), NOTES.txt excluded."""
     objects = []
-    for path, text in sorted(render_raw(values, name, namespace).items()):
+    for path, text in sorted(render_raw(values, name, namespace, api_versions).items()):
         if path.endswith("NOTES.txt"):
             continue
         objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
     return objects
 
 
-def notes(values: dict | None = None, name: str = RELEASE, namespace: str = NAMESPACE) -> str:
-    rendered = render_raw(values, name, namespace)
+def notes(values: dict | None = None, name: str = RELEASE, namespace: str = NAMESPACE,
+          api_versions: list[str] | None = None) -> str:
+    rendered = render_raw(values, name, namespace, api_versions)
     return next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
 
 
@@ -99,15 +117,20 @@ def kubernetes_validate_problems(objects: list[dict]) -> list[str]:
 # --- custom resources -----------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
-def crd_schema(api_version: str, kind: str) -> dict:
+def _crd_schema(api_version: str, kind: str) -> dict:
     group, version = api_version.split("/")
-    for path in CRDS.glob("*.yaml"):
-        crd = yaml.safe_load(path.read_text())
-        if crd["spec"]["group"] == group and crd["spec"]["names"]["kind"] == kind:
+    path = require(CUSTOM_KINDS[(api_version, kind)])
+    for crd in yaml.safe_load_all(path.read_text()):
+        if crd and crd["spec"]["group"] == group and crd["spec"]["names"]["kind"] == kind:
             for v in crd["spec"]["versions"]:
                 if v["name"] == version:
                     return v["schema"]["openAPIV3Schema"]
-    raise LookupError(f"no CRD for {api_version} {kind} in {CRDS}")
+    raise LookupError(f"{path} has no CRD for {api_version} {kind}")
+
+
+def crd_schema(api_version: str, kind: str) -> dict:
+    """The CRD's openAPIV3Schema; skips the calling test when the CRD is not available."""
+    return _crd_schema(api_version, kind)
 
 
 def _openapi_to_jsonschema(node):
@@ -207,15 +230,38 @@ def admission_problems(job: dict) -> list[str]:
     return problems
 
 
-def validation_problems(objects: list[dict]) -> list[str]:
-    """Everything wrong with a rendered release, by the three layers above."""
+def builtin_problems(objects: list[dict]) -> list[str]:
+    """The built-in kinds' problems (kubernetes-validate): needs nothing from outside the repository."""
     builtin = [o for o in objects if (o["apiVersion"], o["kind"]) not in CUSTOM_KINDS]
-    problems = kubernetes_validate_problems(builtin) if builtin else []
+    return kubernetes_validate_problems(builtin) if builtin else []
+
+
+def custom_problems(objects: list[dict]) -> list[str]:
+    """The custom resources' problems: their CRDs (skips the test when a CRD is not available) and
+    the operators' admission rules."""
+    problems = []
     for o in objects:
         if (o["apiVersion"], o["kind"]) in CUSTOM_KINDS:
             problems += [f"{o['kind']}/{o['metadata']['name']} {p}" for p in crd_problems(o)]
         if o["kind"] == "PyTorchJob":
             problems += [f"PyTorchJob/{o['metadata']['name']} {p}" for p in admission_problems(o)]
+        if o["kind"] == "TrainJob":
+            problems += [f"TrainJob/{o['metadata']['name']} {p}" for p in trainjob_problems(o)]
+    return problems
+
+
+def validation_problems(objects: list[dict]) -> list[str]:
+    """Everything wrong with a rendered release, by the three layers above."""
+    return builtin_problems(objects) + custom_problems(objects)
+
+
+def trainjob_problems(job: dict) -> list[str]:
+    """Trainer v2.3's CEL rules on TrainJob that matter here (jsonschema does not evaluate CEL)."""
+    name = job["metadata"].get("name", "")
+    problems = [] if _DNS1035.match(name) and len(name) <= 63 else [f"metadata.name {name!r}: not a DNS-1035 label"]
+    ref = job["spec"].get("runtimeRef", {})
+    if ref.get("kind") not in ("TrainingRuntime", "ClusterTrainingRuntime") or not ref.get("name"):
+        problems.append(f"spec.runtimeRef {ref}: needs a kind of TrainingRuntime or ClusterTrainingRuntime and a name")
     return problems
 
 

@@ -18,9 +18,10 @@ import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 from transformers import TrainerCallback
 
-from r1v_chart_helpers import CHART, REPO, only, render
-from test_chart_dashboard import DASHBOARDS, exprs
-from tests.eval.r1v_eval_helpers import Pushgateway, free_port
+from tests.chart.r1v_chart_helpers import CHART, REPO, only, render
+from tests.chart.test_chart_dashboard import DASHBOARDS, exprs
+from tests.eval.r1v_eval_helpers import Pushgateway
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ import copy
 import helm_python as helm
 import pytest
 
-from r1v_chart_helpers import (CHART, admission_problems, ci_value_sets, crd_problems, kinds,
-                               kubernetes_validate_problems, only, render, validation_problems)
+from tests.chart.r1v_chart_helpers import (CHART, admission_problems, builtin_problems, ci_value_sets, crd_problems,
+                                           custom_problems, kinds, kubernetes_validate_problems, only, render)
 
 VALUE_SETS = {"defaults": {}, **ci_value_sets()}
 
@@ -16,14 +16,21 @@ VALUE_SETS = {"defaults": {}, **ci_value_sets()}
 def test_ci_value_sets_cover_the_required_shapes():
     # The issue asks for these; a rename must not silently drop one from the matrix.
     assert {"one-node", "four-nodes", "existing-claim", "monitoring-off", "data-prep",
-            "gang-scheduling"} <= set(VALUE_SETS)
+            "gang-scheduling", "trainjob", "trainjob-cluster-runtime", "kueue", "kueue-trainjob",
+            "extension-points"} <= set(VALUE_SETS)
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
-def test_renders_and_validates(name):
+def test_renders_and_builtin_objects_validate(name):
     objects = render(VALUE_SETS[name])
-    assert "PyTorchJob" in kinds(objects)
-    assert validation_problems(objects) == []
+    assert VALUE_SETS[name].get("jobKind", "PyTorchJob") in kinds(objects)
+    assert builtin_problems(objects) == []
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_custom_resources_validate_against_their_crds(name):
+    objects = render(VALUE_SETS[name])
+    assert custom_problems(objects) == []
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))

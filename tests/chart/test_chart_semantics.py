@@ -9,7 +9,7 @@ import helm_python as helm
 import pytest
 import yaml
 
-from r1v_chart_helpers import (CHART, claim_of, container, kinds, notes, only, render, replica_pods)
+from tests.chart.r1v_chart_helpers import (CHART, claim_of, container, kinds, notes, only, render, replica_pods)
 
 
 def _job(values):
@@ -39,12 +39,18 @@ def test_gpu_requests_equal_limits_equal_gpus_per_node(gpus):
         assert res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"] == gpus
 
 
-def test_trainer_command_is_torchrun_over_the_recipe_with_the_allowed_overrides():
-    job = _job({"runName": "exp1", "trainer": {"extraArgs": ["--max_steps", "200"]}})
-    c = container(replica_pods(job)["Master"], "pytorch")
-    argv = c["command"] + c["args"]
-    assert argv[:5] == ["torchrun", "-m", "r1v_job", "--config", "/etc/r1v/recipe.yaml"]
-    flags = dict(zip(argv[3::2], argv[4::2]))
+def test_trainer_command_is_the_launcher_over_torchrun_args_with_the_allowed_overrides():
+    objects = render({"runName": "exp1", "trainer": {"extraArgs": ["--max_steps", "200"]}})
+    c = container(replica_pods(only(objects, "PyTorchJob"))["Master"], "pytorch")
+    # files/launch.sh runs the checks, then `torchrun ARGS` (tests/chart/test_launcher.py).
+    assert c["command"] == ["sh", "/opt/r1v/scripts/launch.sh"]
+    scripts = only(objects, "ConfigMap", "-scripts")["data"]
+    assert scripts["launch.sh"] == (CHART / "files" / "launch.sh").read_text()
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "scripts")
+    assert mount["mountPath"] == "/opt/r1v/scripts"
+    argv = c["args"]
+    assert argv[:4] == ["-m", "r1v_job", "--config", "/etc/r1v/recipe.yaml"]
+    flags = dict(zip(argv[2::2], argv[3::2]))
     assert flags["--output_dir"] == "/data/runs/exp1"
     assert flags["--model_name_or_path"] == "/data/models/Qwen2-VL-2B-Instruct"
     assert flags["--dataset_name"] == "/data/datasets/clevr_cogen_a_train"
@@ -65,7 +71,7 @@ def test_pod_template_basics():
     job = _job({"nodes": 2})
     for rtype, pod in replica_pods(job).items():
         spec = job["spec"]["pytorchReplicaSpecs"][rtype]
-        assert spec["restartPolicy"] == "OnFailure"
+        assert spec["restartPolicy"] == "ExitCode"
         assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
         shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
         assert shm["emptyDir"]["medium"] == "Memory"
@@ -132,26 +138,28 @@ def test_one_claim_shared_by_trainer_evaluator_data_prep_and_test(values, claim)
     assert {claim_of(p) for p in pods} == {claim}
 
 
-def test_data_prep_marker_is_what_the_init_containers_wait_for():
+def test_data_prep_marker_is_what_the_launcher_waits_for():
     objects = render({"nodes": 2, "dataPrep": {"enabled": True, "hfTokenSecret": {"name": "hf", "key": "tok"}}})
     prep = only(objects, "Job", "-data-prep")["spec"]["template"]["spec"]["containers"][0]
     marker = prep["args"][prep["args"].index("--marker") + 1]
     token = next(e for e in prep["env"] if e["name"] == "HF_TOKEN")
     assert token["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "tok"}
     for pod in replica_pods(only(objects, "PyTorchJob")).values():
-        (init,) = pod["initContainers"]
-        assert {"name": "MARKER", "value": marker} in init["env"]
+        assert {"name": "R1V_DATA_MARKER", "value": marker} in container(pod, "pytorch")["env"]
     # Training reads exactly what data prep writes.
     args = container(replica_pods(only(objects, "PyTorchJob"))["Master"], "pytorch")["args"]
     assert args[args.index("--model_name_or_path") + 1] == prep["args"][prep["args"].index("--model-dir") + 1]
     assert args[args.index("--dataset_name") + 1] == prep["args"][prep["args"].index("--dataset-dir") + 1]
     # The script the Job runs is the chart's file.
-    script = only(objects, "ConfigMap", "-data-prep")["data"]["data_prep.py"]
+    script = only(objects, "ConfigMap", "-scripts")["data"]["data_prep.py"]
     assert script == (CHART / "files" / "data_prep.py").read_text()
+    assert prep["command"] == ["python", "/opt/r1v/scripts/data_prep.py"]
 
 
-def test_no_init_container_without_data_prep():
-    assert all("initContainers" not in p for p in replica_pods(_job({"nodes": 2})).values())
+def test_no_marker_wait_without_data_prep():
+    for pod in replica_pods(_job({"nodes": 2})).values():
+        assert "R1V_DATA_MARKER" not in {e["name"] for e in container(pod, "pytorch")["env"]}
+        assert "initContainers" not in pod
 
 
 # --- recipe ----------------------------------------------------------------------------------------
@@ -309,10 +317,16 @@ def test_notes_give_exact_commands_for_this_release():
 
 
 def test_helm_test_pod_is_a_test_hook_using_the_evaluator_identity():
-    pod = only(render({}), "Pod")
+    objects = render({})
+    pod = only(objects, "Pod")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert pod["spec"]["serviceAccountName"] == "r1v-eval"
-    compile(pod["spec"]["containers"][0]["args"][0], "helm-test", "exec")
+    assert pod["spec"]["containers"][0]["command"] == ["python", "/opt/r1v/scripts/helm_test.py"]
+    script = only(objects, "ConfigMap", "-scripts")["data"]["helm_test.py"]
+    assert script == (CHART / "files" / "helm_test.py").read_text()
+    compile(script, "helm_test.py", "exec")
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["JOB_API"] == "kubeflow.org/v1/pytorchjobs" and env["JOB"] == "r1v"
     assert "Pod" not in kinds(render({"tests": {"enabled": False}}))
 
 
@@ -344,7 +358,9 @@ def test_schema_closes_every_fixed_key_object():
 
     def walk(node, path):
         if isinstance(node, dict):
-            if node.get("type") == "object" and "properties" in node and node.get("additionalProperties") is not False:
+            # Closed (false) or a typed map (a schema for every other key) both reject a stray key.
+            if node.get("type") == "object" and "properties" in node and not (
+                    node.get("additionalProperties") is False or isinstance(node.get("additionalProperties"), dict)):
                 open_objects.append(path)
             for k, v in node.items():
                 walk(v, f"{path}/{k}")
@@ -361,3 +377,11 @@ def test_evaluator_is_retried_only_when_a_retry_can_help():
     assert 3 in fail_codes        # training failed: evaluating again cannot succeed
     assert 5 not in fail_codes    # results on disk, push failed: a retry pushes them
     assert all(r["onExitCodes"]["containerName"] == "evaluator" for r in policy if "onExitCodes" in r)
+
+
+def test_notes_warn_that_a_bare_install_needs_the_model_and_data_on_the_volume():
+    text = notes({})
+    assert "WARNING: dataPrep.enabled=false" in text
+    assert "/data/models/Qwen2-VL-2B-Instruct" in text and "/data/datasets/clevr_cogen_a_train" in text
+    assert "kubectl -n r1v logs r1v-master-0 -c pytorch | grep 'r1v launch'" in text
+    assert "WARNING" not in notes({"dataPrep": {"enabled": True}})

@@ -1,176 +1,278 @@
-"""`python -m r1v_job.submit` builds the chart's PyTorchJob and submits it through TrainingClient.
+"""`python -m r1v_submit`: the chart's objects, rendered by Helm's engine from Helm's --set grammar,
+created through the kubernetes and kubeflow-training clients, for both job kinds.
 
-The API server here is kmock's KubernetesEmulator: a fake, in-memory Kubernetes API on a local
-port (no admission webhooks, no operator, no scheduler). It stores what the real client sends, so
-the test checks the requests and the stored objects, and plays the operator's part by hand
-(a Running master pod, a log, a final condition).
+The API server here is kmock's KubernetesEmulator (tests/helpers.py): a fake, in-memory
+Kubernetes API on a local port (no admission webhooks, no operator, no scheduler). It stores what
+the real clients send, so the tests check the stored objects and play the operator's part by hand
+(a Running rank-0 pod, a log, a final condition).
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import threading
+import json
+import shutil
 
 import kmock
 import pytest
 import yaml
-from kubeflow.training import TrainingClient
-from kubeflow.training.api_client import ApiClient
-from kubernetes import client as k8s
 
-from r1v_chart_helpers import CHART, ci_value_sets, only, render
-from r1v_job import submit
+from r1v_submit import __main__ as submit
+from tests.chart.r1v_chart_helpers import ALL_APIS, CHART, ci_value_sets, only, render
+from tests.helpers import FakeKubernetes
 
 PODS = kmock.resource("", "v1", "pods")
-JOBS = kmock.resource("kubeflow.org", "v1", "pytorchjobs")
+PYTORCHJOBS = kmock.resource("kubeflow.org", "v1", "pytorchjobs")
+TRAINJOBS = kmock.resource("trainer.kubeflow.org", "v1alpha1", "trainjobs")
 CONFIGMAPS = kmock.resource("", "v1", "configmaps")
 PVCS = kmock.resource("", "v1", "persistentvolumeclaims")
 
-
-def _values(overrides: dict) -> dict:
-    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
-    return submit.deep_merge(defaults, overrides)
+SETS = {"defaults": {}, **ci_value_sets()}
 
 
-def _comparable(job: dict) -> dict:
-    """Drop what legitimately differs (who manages it) and spell quantities one way (8 vs "8")."""
-    job = copy.deepcopy(job)
-    for key in ("helm.sh/chart", "app.kubernetes.io/managed-by"):
-        job["metadata"]["labels"].pop(key, None)
-    job["metadata"].pop("namespace", None)
-    for spec in job["spec"]["pytorchReplicaSpecs"].values():
-        for c in spec["template"]["spec"]["containers"] + spec["template"]["spec"].get("initContainers", []):
-            for part in ("requests", "limits"):
-                c.get("resources", {})[part] = {k: str(v) for k, v in c.get("resources", {}).get(part, {}).items()}
-    return job
+def set_json(values: dict) -> list[str]:
+    """The value set as `--set-json KEY=JSON` flags, one per top-level key."""
+    return [arg for key, value in values.items() for arg in ("--set-json", f"{key}={json.dumps(value)}")]
 
 
-SETS = {name: v for name, v in {"defaults": {}, **ci_value_sets()}.items()
-        if not (v.get("dataPrep") or {}).get("enabled")}
+def dry_run(capsys, argv: list[str]) -> list[dict]:
+    assert submit.main(argv + ["--dry-run"]) == 0, capsys.readouterr().err
+    return [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
 
 
+def _chart_side(objects: list[dict]) -> list[dict]:
+    """The chart's rendering as submit creates it: no hooks, managed by r1v-submit instead of Helm."""
+    out = []
+    for o in copy.deepcopy(objects):
+        if "helm.sh/hook" in (o["metadata"].get("annotations") or {}):
+            continue
+        o["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "r1v-submit"
+        out.append(o)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["PyTorchJob", "TrainJob"])
 @pytest.mark.parametrize("name", sorted(SETS))
-def test_submit_builds_the_chart_pytorchjob(name):
-    chart_job = only(render(SETS[name], name="exp"), "PyTorchJob")
-    model = submit.build_pytorchjob(_values(SETS[name]), "exp", "r1v")
-    assert type(model).__name__ == "KubeflowOrgV1PyTorchJob"  # what TrainingClient.create_job accepts
-    assert _comparable(ApiClient().sanitize_for_serialization(model)) == _comparable(chart_job)
+def test_submit_objects_equal_the_charts_rendering(capsys, name, kind):
+    values = {**SETS[name], "jobKind": kind} if "jobKind" not in SETS[name] else SETS[name]
+    if values.get("trainJob", {}).get("clusterTrainingRuntime") and kind == "PyTorchJob":
+        values = {k: v for k, v in values.items() if k != "trainJob"}
+    apis = sum((["--api-versions", a] for a in ALL_APIS), [])
+    got = dry_run(capsys, ["--release", "exp", "-n", "team-a", *set_json(values), *apis])
+    assert got == _chart_side(render(values, name="exp", namespace="team-a"))
+    assert any(o["kind"] == values["jobKind"] for o in got)
 
 
-def test_the_comparison_would_notice_a_difference():
-    chart_job = only(render({"nodes": 2}, name="exp"), "PyTorchJob")
-    built = ApiClient().sanitize_for_serialization(submit.build_pytorchjob(_values({"nodes": 3}), "exp"))
-    assert _comparable(built) != _comparable(chart_job)
+def test_the_comparison_would_notice_a_difference(capsys):
+    got = dry_run(capsys, ["--release", "exp", "-n", "r1v", "--set", "nodes=3"])
+    assert got != _chart_side(render({"nodes": 2}, name="exp", api_versions=[]))
+
+
+def test_helm_set_grammar_lists_nested_keys_and_several_pairs(capsys):
+    got = dry_run(capsys, ["--release", "exp", "-n", "r1v", "--set", "nodes=2,gpusPerNode=4",
+                           "--set", "trainer.extraArgs={--max_steps,200}",
+                           "--set", "trainer.tolerations[0].key=gpu,trainer.tolerations[0].operator=Exists",
+                           "--set-string", "trainer.nccl.NCCL_IB_HCA=mlx5"])
+    job = only(got, "PyTorchJob")
+    master = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1 and job["spec"]["nprocPerNode"] == "4"
+    assert master["containers"][0]["args"][-2:] == ["--max_steps", "200"]
+    assert master["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
+    assert {"name": "NCCL_IB_HCA", "value": "mlx5"} in master["containers"][0]["env"]
+
+
+def test_values_files_merge_in_order_before_set(capsys, tmp_path):
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("nodes: 4\ntrainer:\n  gpuProduct: NVIDIA-H100-80GB-HBM3\n")
+    second.write_text("nodes: 3\n")
+    got = dry_run(capsys, ["-f", str(first), "-f", str(second), "--set", "gpusPerNode=2"])
+    job = only(got, "PyTorchJob")
+    assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2 and job["spec"]["nprocPerNode"] == "2"
+    selector = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["nodeSelector"]
+    assert selector == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--set", "nodes=0"], "nodes"),
-    (["--set", "gpusPerNode=9"], "gpusPerNode"),
+    (["--set", "nodes=0"], "/nodes"),
+    (["--set", "gpusPerNode=9"], "/gpusPerNode"),
     (["--set", "nodez=2"], "nodez"),
-    (["--set", "dataPrep.enabled=true"], "dataPrep.enabled"),
-    (["--release", "9lives"], "DNS-1035"),
+    (["--set", "trainer.gpuProdcut=H100"], "gpuProdcut"),  # a nested typo
+    (["--set", "trainer.tolerations[0].operater=Exists"], "operater"),
+    (["--set", "storage.size=abc"], "/storage/size"),
+    (["--set", "jobKind=MPIJob"], "/jobKind"),
+    (["--set", "nodes"], "--set nodes"),  # not key=value
+    (["--release", "9lives"], "9lives"),
 ])
 def test_bad_values_are_refused_before_anything_is_sent(argv, message, capsys):
     assert submit.main(argv + ["--dry-run"]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_dry_run_prints_configmap_claim_and_job(capsys):
-    assert submit.main(["--release", "exp", "-n", "ns", "--set", "nodes=2", "--dry-run"]) == 0
-    docs = list(yaml.safe_load_all(capsys.readouterr().out))
-    assert [d["kind"] for d in docs] == ["ConfigMap", "PersistentVolumeClaim", "PyTorchJob"]
-    assert docs[2]["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
+def test_chart_option_swaps_templates_and_files_not_only_values(capsys, tmp_path):
+    mine = tmp_path / "r1v"
+    shutil.copytree(CHART, mine, symlinks=False)
+    (mine / "files" / "launch.sh").write_text("exec torchrun \"$@\"\n")
+    got = dry_run(capsys, ["--chart", str(mine)])
+    assert only(got, "ConfigMap", "-scripts")["data"]["launch.sh"] == "exec torchrun \"$@\"\n"
+
+
+def test_the_packaged_chart_is_the_repositorys_chart():
+    from r1v_submit.chart import CHART as PACKAGED
+
+    assert PACKAGED.resolve() == CHART.resolve()
 
 
 # --- against the fake API server ---------------------------------------------------------------------
 
-class FakeCluster:
-    """kmock's emulator served from a background event loop, for the synchronous Kubernetes client."""
-
-    def __init__(self):
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10), "kmock did not start"
-
-    def _run(self):
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._serve())
-
-    async def _serve(self):
-        self._stop = asyncio.Event()
-        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
-            self.api, self.url = emulator, str(server.url).rstrip("/")
-            self._ready.set()
-            await self._stop.wait()
-
-    def client(self, namespace: str) -> TrainingClient:
-        cfg = k8s.Configuration()
-        cfg.host = self.url
-        return TrainingClient(client_configuration=cfg, namespace=namespace)
-
-    def close(self):
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-
 @pytest.fixture
 def cluster():
-    fake = FakeCluster()
+    fake = FakeKubernetes()
+    # kmock does not serve discovery: answer it as a cluster with all three operators would.
+    groups = [{"name": gv.split("/")[0], "versions": [{"groupVersion": gv, "version": gv.split("/")[1]}],
+               "preferredVersion": {"groupVersion": gv, "version": gv.split("/")[1]}}
+              for gv in ["batch/v1", "rbac.authorization.k8s.io/v1", *ALL_APIS]]
+    fake.emulator["get /apis/"] << {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
     yield fake
     fake.close()
 
 
-def _play_operator(cluster, ns: str, job: str, outcome: str, lines: bytes):
-    """A Running master pod whose log, once read to the end, leaves the job in `outcome`."""
-    pod = f"{job}-master-0"
-    cluster.api.objects[PODS, ns, pod] = {
+def _play_operator(cluster, ns: str, pod: str, labels: dict, jobs, job: str, outcome: str, lines: bytes):
+    """A Running rank-0 pod whose log, once read to the end, leaves the job in `outcome`."""
+    cluster.emulator.objects[PODS, ns, pod] = {
         "apiVersion": "v1", "kind": "Pod", "status": {"phase": "Running"},
-        "metadata": {"name": pod, "namespace": ns, "labels": {"training.kubeflow.org/job-name": job,
-                                                              "training.kubeflow.org/job-role": "master"}}}
+        "metadata": {"name": pod, "namespace": ns, "labels": labels}}
 
     def log(_request):
-        cluster.api.objects[JOBS, ns, job].patch({"status": {"conditions": [{"type": outcome, "status": "True"}]}})
+        cluster.emulator.objects[jobs, ns, job].patch({"status": {"conditions": [{"type": outcome, "status": "True"}]}})
         return lines
-    cluster.api[f"get /api/v1/namespaces/{ns}/pods/{pod}/log"] << log
+    cluster.emulator[f"get /api/v1/namespaces/{ns}/pods/{pod}/log"] << log
 
 
-def test_submit_creates_the_chart_job_and_follows_the_master_log(cluster, capsys):
-    _play_operator(cluster, "team-a", "exp-r1v", "Succeeded", b"step 1/100 reward 0.41\nstep 2/100 reward 0.55\n")
+def _stored(cluster, resource, ns, name) -> dict:
+    return {k: v for k, v in dict(cluster.emulator.objects[resource, ns, name].raw).items() if k != "status"}
+
+
+def test_submit_creates_the_charts_objects_and_follows_the_master_log(cluster, capsys):
+    labels = {"training.kubeflow.org/job-name": "exp-r1v", "training.kubeflow.org/replica-type": "master"}
+    _play_operator(cluster, "team-a", "exp-r1v-master-0", labels, PYTORCHJOBS, "exp-r1v", "Succeeded",
+                   b"step 1/100 reward 0.41\nstep 2/100 reward 0.55\n")
     argv = ["--release", "exp", "-n", "team-a", "--set", "nodes=2", "--set", "runName=exp1"]
-    assert submit.main(argv, client=cluster.client("team-a")) == 0
+    assert submit.main(argv, configuration=cluster.configuration()) == 0
 
     out = capsys.readouterr().out
     assert "[Pod exp-r1v-master-0]: step 2/100 reward 0.55" in out
     assert "PyTorchJob team-a/exp-r1v succeeded" in out
-
-    stored = dict(cluster.api.objects[JOBS, "team-a", "exp-r1v"].raw)
-    chart_job = only(render({"nodes": 2, "runName": "exp1"}, name="exp", namespace="team-a"), "PyTorchJob")
-    assert _comparable({k: v for k, v in stored.items() if k != "status"}) == _comparable(chart_job)
-
-    cm = cluster.api.objects[CONFIGMAPS, "team-a", "exp-r1v-recipe"].raw
-    chart_cm = only(render({}, name="exp"), "ConfigMap", "-recipe")
-    assert cm["data"] == chart_cm["data"]
-    pvc = cluster.api.objects[PVCS, "team-a", "exp-r1v-data"].raw
-    assert pvc["spec"] == only(render({}, name="exp"), "PersistentVolumeClaim")["spec"]
-    log_requests = [r for r in cluster.api if r.method == "GET" and str(r.url).split("?")[0].endswith("/log")]
+    chart_objects = _chart_side(render({"nodes": 2, "runName": "exp1"}, name="exp", namespace="team-a"))
+    job = _stored(cluster, PYTORCHJOBS, "team-a", "exp-r1v")
+    job["metadata"].pop("namespace", None)
+    # Through TrainingClient.create_job's typed model, unchanged but for quantities spelled as strings (8 -> "8").
+    assert _diff(_quantities_as_text(job), _quantities_as_text(only(chart_objects, "PyTorchJob"))) == []
+    for kind, suffix in (("ConfigMap", "-recipe"), ("ConfigMap", "-scripts")):
+        want = only(chart_objects, kind, suffix)
+        assert cluster.emulator.objects[CONFIGMAPS, "team-a", want["metadata"]["name"]].raw["data"] == want["data"]
+    assert cluster.emulator.objects[PVCS, "team-a", "exp-r1v-data"].raw["spec"] == \
+        only(chart_objects, "PersistentVolumeClaim")["spec"]
+    # Every object the chart renders was created, the monitor included (the cluster serves its API).
+    created = {(key[0].plural, key[2]) for key in cluster.emulator.objects if key[0] != PODS}
+    assert created == {(kind_plural(o["kind"]), o["metadata"]["name"]) for o in chart_objects}
+    log_requests = [r for r in cluster.emulator if r.method == "GET" and str(r.url).split("?")[0].endswith("/log")]
     assert log_requests and "follow=True" in str(log_requests[0].url) and "container=pytorch" in str(log_requests[0].url)
 
 
-def test_submit_reports_a_failed_job_and_creates_no_claim_for_an_existing_one(cluster, capsys):
-    _play_operator(cluster, "ns", "exp-r1v", "Failed", b"CUDA out of memory\n")
-    argv = ["--release", "exp", "-n", "ns", "--set", "storage.existingClaim=shared"]
-    assert submit.main(argv, client=cluster.client("ns")) == 1
-    assert "PyTorchJob ns/exp-r1v failed" in capsys.readouterr().out
-    assert not [key for key in cluster.api.objects if key[0] == PVCS]
-    stored = cluster.api.objects[JOBS, "ns", "exp-r1v"].raw
-    claim = stored["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["volumes"][0]
-    assert claim == {"name": "data", "persistentVolumeClaim": {"claimName": "shared"}}
+def kind_plural(kind: str) -> str:
+    from r1v_submit.cluster import PLURALS
+
+    return PLURALS[kind]
 
 
-def test_no_follow_returns_after_submitting(cluster, capsys):
-    assert submit.main(["--release", "exp", "-n", "ns", "--no-follow"], client=cluster.client("ns")) == 0
-    assert (JOBS, "ns", "exp-r1v") in cluster.api.objects
-    assert "kubectl -n ns logs -f exp-r1v-master-0 -c pytorch" in capsys.readouterr().out
+def test_submit_a_trainjob_and_follow_it_to_complete(cluster, capsys):
+    labels = {"jobset.sigs.k8s.io/jobset-name": "exp-r1v", "batch.kubernetes.io/job-completion-index": "0"}
+    _play_operator(cluster, "ns", "exp-r1v-node-0-0-abcde", labels, TRAINJOBS, "exp-r1v", "Complete", b"step 1/100\n")
+    argv = ["--release", "exp", "-n", "ns", "--set", "jobKind=TrainJob,nodes=2",
+            "--set", "kueue.queueName=research"]
+    assert submit.main(argv, configuration=cluster.configuration()) == 0
+    out = capsys.readouterr().out
+    assert "[Pod exp-r1v-node-0-0-abcde]: step 1/100" in out and "TrainJob ns/exp-r1v succeeded" in out
+    job = _stored(cluster, TRAINJOBS, "ns", "exp-r1v")
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "research"
+    assert job["spec"]["trainer"]["numNodes"] == 2
+    runtime = cluster.emulator.objects[kmock.resource("trainer.kubeflow.org", "v1alpha1", "trainingruntimes"),
+                                       "ns", "exp-r1v"].raw
+    assert runtime["spec"]["mlPolicy"]["numNodes"] == 2
+
+
+def test_submit_reports_a_failed_job_and_keeps_an_existing_claim(cluster, capsys):
+    labels = {"training.kubeflow.org/job-name": "exp-r1v", "training.kubeflow.org/replica-type": "master"}
+    _play_operator(cluster, "ns", "exp-r1v-master-0", labels, PYTORCHJOBS, "exp-r1v", "Failed", b"CUDA out of memory\n")
+    cluster.emulator.objects[PVCS, "ns", "exp-r1v-data"] = {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "exp-r1v-data", "namespace": "ns"},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Ti"}}}}
+    assert submit.main(["--release", "exp", "-n", "ns"], configuration=cluster.configuration()) == 1
+    out = capsys.readouterr().out
+    assert "PersistentVolumeClaim ns/exp-r1v-data kept" in out and "PyTorchJob ns/exp-r1v failed" in out
+    # The claim of an earlier run, checkpoints and all, is reused as it was.
+    assert cluster.emulator.objects[PVCS, "ns", "exp-r1v-data"].raw["spec"]["resources"]["requests"]["storage"] == "1Ti"
+
+
+def test_an_existing_job_is_never_replaced(cluster, capsys):
+    argv = ["--release", "exp", "-n", "ns", "--no-follow"]
+    assert submit.main(argv, configuration=cluster.configuration()) == 0
+    assert "kubectl -n ns logs -f exp-r1v-master-0 -c pytorch" in capsys.readouterr().out  # NOTES.txt
+    assert submit.main(argv + ["--set", "nodes=4"], configuration=cluster.configuration()) == 2
+    assert "PyTorchJob ns/exp-r1v already exists: one release is one run" in capsys.readouterr().err
+    assert "Worker" not in cluster.emulator.objects[PYTORCHJOBS, "ns", "exp-r1v"].raw["spec"]["pytorchReplicaSpecs"]
+
+
+def _quantities_as_text(obj):
+    if isinstance(obj, dict):
+        return {k: ({q: str(v) for q, v in val.items()} if k in ("requests", "limits") and isinstance(val, dict)
+                    else _quantities_as_text(val)) for k, val in obj.items()}
+    if isinstance(obj, list):
+        return [_quantities_as_text(v) for v in obj]
+    return obj
+
+
+def _diff(a, b, path=""):
+    """Paths where a and b differ (for a readable failure)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [p for k in sorted(set(a) | set(b), key=str) for p in _diff(a.get(k), b.get(k), f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [p for i, (x, y) in enumerate(zip(a, b)) for p in _diff(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def test_runs_from_the_built_wheel_outside_the_checkout(tmp_path):
+    """The wheel carries the chart (links resolved): `python -m r1v_submit` works where there is no
+    charts/ or recipes/ beside it, as in the image."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from tests.chart.r1v_chart_helpers import REPO
+
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "-w", str(tmp_path / "dist"), str(REPO)], capture_output=True, text=True)
+    if built.returncode != 0 and "setuptools" in built.stderr:
+        pytest.skip(f"cannot build the wheel offline here (needs setuptools in the venv): {built.stderr[-200:]}")
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("r1v_k8s-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(tmp_path / "site")
+    recipe = (tmp_path / "site" / "r1v_submit" / "chart" / "files" / "recipe.yaml")
+    assert not recipe.is_symlink() and recipe.read_text() == (REPO / "recipes" / "r1v_qwen2vl_2b_clevr.yaml").read_text()
+    run = subprocess.run([sys.executable, "-m", "r1v_submit", "--release", "exp", "--set", "jobKind=TrainJob",
+                          "--dry-run"], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert run.returncode == 0, run.stderr
+    docs = [d for d in yaml.safe_load_all(run.stdout) if d]
+    assert only(docs, "ConfigMap", "-recipe")["data"]["recipe.yaml"] == recipe.read_text()
+    assert only(docs, "TrainJob")["spec"]["runtimeRef"]["kind"] == "TrainingRuntime"
+
+
+def test_namespace_defaults_to_the_kube_contexts(cluster, capsys, tmp_path):
+    kubeconfig = cluster.kubeconfig(tmp_path / "kubeconfig", "team-b")
+    assert submit.main(["--release", "exp", "--kubeconfig", str(kubeconfig), "--no-follow"],
+                       configuration=cluster.configuration()) == 0
+    assert (PYTORCHJOBS, "team-b", "exp-r1v") in cluster.emulator.objects
+    assert "submitted PyTorchJob team-b/exp-r1v" in capsys.readouterr().out

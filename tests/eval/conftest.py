@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from r1v_eval_helpers import FakeKubernetes
+from tests.helpers import FakeKubernetes
 from r1v_job.synthetic import write_superclevr_eval
 
 

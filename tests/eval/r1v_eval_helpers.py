@@ -1,14 +1,10 @@
-"""Helpers for the evaluator's tests: a real Pushgateway process and kmock's fake Kubernetes API server.
-(A uniquely named module rather than conftest.py, so test files can import it unambiguously.)"""
+"""Helpers for the evaluator's tests: a real Pushgateway process (the free port and the fake
+Kubernetes API server are tests/helpers.py's)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import shutil
-import socket
 import subprocess
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -18,12 +14,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 
 PUSHGATEWAY_BIN = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Pushgateway:
@@ -71,45 +61,3 @@ class Pushgateway:
         found = self.samples(name, **labels)
         assert len(found) == 1, f"expected one {name}{labels} on the gateway, found {found}"
         return found[0].value
-
-
-class FakeKubernetes:
-    """kmock's KubernetesEmulator (an in-memory fake of the API server, not a real one) served on a
-    loopback port from a background event loop, so the synchronous kubernetes client can talk to it."""
-
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self.loop.run_until_complete, args=(self._serve(),), daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("kmock did not start")
-
-    async def _serve(self):
-        import kmock
-
-        self._stop = asyncio.Event()
-        async with kmock.KubernetesEmulator() as handler, kmock.Server(handler) as server:
-            self.handler = handler
-            self.url = str(server.url).rstrip("/")
-            self._ready.set()
-            await self._stop.wait()
-
-    def requests(self, spec: str) -> int:
-        """How many requests matching a kmock filter like 'get /path' the fake has served."""
-        return len(self.handler[spec])
-
-    def close(self):
-        self.loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def kubeconfig(self, path: Path, namespace: str) -> Path:
-        """Writes a kubeconfig pointing at the fake (plain HTTP, no credentials)."""
-        self.kubeconfig_path = path
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "fake", "user": {}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
-        }))
-        return path

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from eval_job import cli, metrics
-from r1v_eval_helpers import Pushgateway, free_port
+from tests.eval.r1v_eval_helpers import Pushgateway
+from tests.helpers import free_port
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 

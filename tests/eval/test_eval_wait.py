@@ -1,4 +1,4 @@
-"""Waiting for training: a PyTorchJob on kmock's fake API server (not a real one), and the marker file."""
+"""Waiting for training: a PyTorchJob or a TrainJob on kmock's fake API server (not a real one), and the marker file."""
 
 import json
 import logging
@@ -141,7 +141,7 @@ def test_marker_timeout_exits_nonzero(tiny_model, questions, tmp_path, caplog):
     assert f"no completion marker {tiny_model / 'training_complete.json'}" in caplog.text
 
 
-@pytest.mark.parametrize("spec", ["pytorchjob", "pytorchjob/", "job/x", "markers"])
+@pytest.mark.parametrize("spec", ["pytorchjob", "pytorchjob/", "trainjob/", "job/x", "markers"])
 def test_bad_wait_for_is_a_usage_error(spec, tiny_model, questions, tmp_path):
     with pytest.raises(SystemExit) as e:
         cli.main(["--model", str(tiny_model), "--data", str(questions), "--out", str(tmp_path), "--wait-for", spec])
@@ -152,7 +152,7 @@ def test_forbidden_job_fails_at_once_instead_of_waiting(fake_k8s, tiny_model, qu
     import kmock
 
     # RBAC refusing the evaluator's service account will not fix itself: no point waiting a day.
-    fake_k8s.handler[f"get {JOB_PATH.format(name='r1v-denied')}"] << kmock.KubernetesError(
+    fake_k8s.emulator[f"get {JOB_PATH.format(name='r1v-denied')}"] << kmock.KubernetesError(
         status=403, reason="Forbidden", message="pytorchjobs.kubeflow.org is forbidden")
     started = time.monotonic()
     rc = cli.main(["--model", str(tiny_model), "--data", str(questions), "--out", str(tmp_path / "out"),
@@ -160,3 +160,80 @@ def test_forbidden_job_fails_at_once_instead_of_waiting(fake_k8s, tiny_model, qu
     assert rc == cli.EXIT_INPUT
     assert time.monotonic() - started < 30
     assert "cannot read the training job: Failed to get PyTorchJob: team/r1v-denied. Error: (403)" in caplog.text
+
+
+# --- Kubeflow Trainer v2: TrainJob -----------------------------------------------------------------
+
+TRAINJOB_PATH = "/apis/trainer.kubeflow.org/v1alpha1/namespaces/team/trainjobs/{name}"
+
+
+def trainjob(name: str, *conditions: dict) -> dict:
+    """A TrainJob as Trainer v2.3 stores it (conditions Created, then Complete or Failed)."""
+    return {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+            "metadata": {"name": name, "namespace": "team"},
+            "spec": {"runtimeRef": {"apiGroup": "trainer.kubeflow.org", "kind": "TrainingRuntime", "name": name},
+                     "trainer": {"numNodes": 2, "numProcPerNode": 8}},
+            "status": {"conditions": list(conditions)}}
+
+
+def set_trainjob_status(api, name, *conditions):
+    api.patch_namespaced_custom_object_status("trainer.kubeflow.org", "v1alpha1", "team", "trainjobs", name,
+                                              {"status": {"conditions": list(conditions)}})
+
+
+def test_waits_for_a_trainjob_that_appears_then_completes(fake_k8s, tiny_model, questions, pushgateway, tmp_path):
+    out = tmp_path / "out"
+    path = TRAINJOB_PATH.format(name="r1v-v2")
+    evaluator = Background(["--model", str(tiny_model), "--data", str(questions), "--out", str(out),
+                            "--max-new-tokens", "4", "--wait-for", "trainjob/r1v-v2", *k8s_args(fake_k8s),
+                            "--pushgateway", pushgateway.url])
+    until(lambda: fake_k8s.requests(f"get {path}") >= 2)  # not created yet: still asking
+    api = jobs_api(fake_k8s)
+    api.create_namespaced_custom_object("trainer.kubeflow.org", "v1alpha1", "team", "trainjobs",
+                                        trainjob("r1v-v2", condition("Created", reason="JobsCreationSucceeded")))
+    seen = fake_k8s.requests(f"get {path}")
+    until(lambda: fake_k8s.requests(f"get {path}") >= seen + 3)
+    # "Succeeded" is the PyTorchJob's word; a TrainJob is done only at Complete.
+    set_trainjob_status(api, "r1v-v2", condition("Created"), condition("Succeeded"))
+    seen = fake_k8s.requests(f"get {path}")
+    until(lambda: fake_k8s.requests(f"get {path}") >= seen + 2)
+    assert evaluator.thread.is_alive() and not out.exists()
+    set_trainjob_status(api, "r1v-v2", condition("Created"), condition("Complete", reason="JobSetCompleted"))
+    assert evaluator.join() == 0
+    assert json.loads((out / "final" / "cot" / "summary.json").read_text())["evaluated"] == 6
+    assert pushgateway.value("r1v_eval_questions_evaluated", run="r1v-v2", checkpoint="final", prompt="cot") == 6
+
+
+def test_failed_trainjob_exits_nonzero_with_its_reason(fake_k8s, tiny_model, questions, tmp_path, caplog):
+    api = jobs_api(fake_k8s)
+    api.create_namespaced_custom_object("trainer.kubeflow.org", "v1alpha1", "team", "trainjobs",
+                                        trainjob("r1v-v2bad", condition("Created")))
+    evaluator = Background(["--model", str(tiny_model), "--data", str(questions), "--out", str(tmp_path / "out"),
+                            "--wait-for", "trainjob/r1v-v2bad", *k8s_args(fake_k8s)])
+    until(lambda: fake_k8s.requests(f"get {TRAINJOB_PATH.format(name='r1v-v2bad')}") >= 2)
+    set_trainjob_status(api, "r1v-v2bad", condition("Created"),
+                        condition("Failed", reason="FailedJobs", message="jobset failed: node-0 PodFailurePolicy"))
+    assert evaluator.join() == cli.EXIT_TRAINING_FAILED
+    assert "training job team/r1v-v2bad failed: FailedJobs: jobset failed: node-0 PodFailurePolicy" in caplog.text
+
+
+def test_trainjob_still_running_at_the_timeout_exits_nonzero(fake_k8s, tiny_model, questions, tmp_path, caplog):
+    jobs_api(fake_k8s).create_namespaced_custom_object("trainer.kubeflow.org", "v1alpha1", "team", "trainjobs",
+                                                       trainjob("r1v-v2slow", condition("Created")))
+    rc = cli.main(["--model", str(tiny_model), "--data", str(questions), "--out", str(tmp_path / "out"),
+                   "--wait-for", "trainjob/r1v-v2slow", *k8s_args(fake_k8s), "--timeout", "0.5"])
+    assert rc == cli.EXIT_WAIT_TIMEOUT
+    assert "TrainJob team/r1v-v2slow did not finish within" in caplog.text
+
+
+def test_forbidden_trainjob_fails_at_once(fake_k8s, tiny_model, questions, tmp_path, caplog):
+    import kmock
+
+    fake_k8s.emulator[f"get {TRAINJOB_PATH.format(name='r1v-v2denied')}"] << kmock.KubernetesError(
+        status=403, reason="Forbidden", message="trainjobs.trainer.kubeflow.org is forbidden")
+    started = time.monotonic()
+    rc = cli.main(["--model", str(tiny_model), "--data", str(questions), "--out", str(tmp_path / "out"),
+                   "--wait-for", "trainjob/r1v-v2denied", *k8s_args(fake_k8s), "--timeout", "60"])
+    assert rc == cli.EXIT_INPUT
+    assert time.monotonic() - started < 30
+    assert "cannot read the training job: Failed to get TrainJob: team/r1v-v2denied. Error: (403)" in caplog.text

@@ -3,7 +3,6 @@ them and the chart agree (Pushgateway URL, monitor labels, dashboard label, GPU 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,11 +10,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
-sys.path.insert(0, str(REPO / "tests" / "chart"))
-from r1v_chart_helpers import CHART, crd_problems, kubernetes_validate_problems, only, render  # noqa: E402
+from tests.chart.r1v_chart_helpers import CHART, crd_problems, kubernetes_validate_problems, only, render
 
-MANIFESTS = [K8S / "namespace.yaml", K8S / "storage" / "nfs-storageclass.yaml", K8S / "storage" / "pvc.yaml",
-             K8S / "monitoring" / "pushgateway.yaml"]
+MANIFESTS = [K8S / "namespace.yaml", K8S / "storage" / "nfs-storageclass.yaml", K8S / "storage" / "pvc.yaml"]
 
 
 def _docs(path: Path) -> list[dict]:
@@ -41,24 +38,41 @@ def test_training_operator_is_pinned_to_the_release_the_crd_comes_from():
     assert chart["annotations"]["r1v.dev/training-operator"] == ref
 
 
+def test_trainer_is_pinned_to_the_release_the_crds_come_from():
+    for path in (K8S / "trainer" / "kustomization.yaml", K8S / "trainer" / "runtimes" / "kustomization.yaml"):
+        (resource,) = yaml.safe_load(path.read_text())["resources"]
+        repo, ref = resource.split("?ref=")
+        assert repo.startswith("github.com/kubeflow/trainer.git/manifests/overlays/") and ref == "v2.3.0"
+    # The CRD fixture the chart's TrainJob is validated against comes from the same tag.
+    from tests.outside import FIXTURES
+
+    assert "/v2.3.0/" in FIXTURES["trainjobs-crd"].url
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["annotations"]["r1v.dev/kubeflow-trainer"] == "v2.3.0"
+
+
+def _pushgateway() -> dict:
+    return yaml.safe_load((K8S / "monitoring" / "pushgateway-values.yaml").read_text())
+
+
 def test_pushgateway_is_scraped_with_honor_labels_and_matches_the_chart_url():
-    deployment, service = _docs(K8S / "monitoring" / "pushgateway.yaml")
-    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-    assert service["spec"]["selector"].items() <= pod_labels.items()
-    (monitor,) = [m for m in _kps()["prometheus"]["additionalServiceMonitors"] if "pushgateway" in m["name"]]
-    assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    (endpoint,) = monitor["endpoints"]
-    assert endpoint["honorLabels"] is True
-    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
-    # The same entry as a ServiceMonitor passes the CRD (kube-prometheus-stack renders it that way).
-    as_object = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
-                 "metadata": {"name": monitor["name"], "labels": monitor["additionalLabels"]},
-                 "spec": {k: monitor[k] for k in ("selector", "namespaceSelector", "endpoints")}}
-    assert crd_problems(as_object) == []
-    namespace = monitor["namespaceSelector"]["matchNames"][0]
-    port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == endpoint["port"])
-    url = only(render({}), "Job", "-eval")["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert f"http://{service['metadata']['name']}.{namespace}.svc:{port}" in url
+    values = _pushgateway()
+    monitor = values["serviceMonitor"]
+    # The upstream chart's ServiceMonitor, selected by kube-prometheus-stack like the r1v chart's.
+    assert monitor["enabled"] is True and monitor["honorLabels"] is True
+    assert monitor["additionalLabels"]["release"] == only(render({}), "ServiceMonitor")["metadata"]["labels"]["release"]
+    # Release prometheus-pushgateway in monitoring: the upstream chart names its Service after the
+    # release, so the URL is the r1v chart's default.
+    install = next(l for l in (K8S / "monitoring" / "pushgateway-values.yaml").read_text().splitlines()
+                   if "helm install" in l)
+    release, chart = install.split("helm install", 1)[1].split()[:2]
+    assert (release, chart) == ("prometheus-pushgateway", "prometheus-community/prometheus-pushgateway")
+    args = only(render({}), "Job", "-eval")["spec"]["template"]["spec"]["containers"][0]["args"]
+    url = args[args.index("--pushgateway") + 1]
+    assert url == f"http://{release}.{monitor['namespace']}.svc:{values['service']['port']}"
+    # Pushed scores survive a restart of the gateway.
+    assert values["persistentVolume"]["enabled"] is True
+    assert any(a.startswith(f"--persistence.file={values['persistentVolume']['mountPath']}/") for a in values["extraArgs"])
 
 
 def test_prometheus_and_grafana_select_what_the_chart_labels():

@@ -4,7 +4,6 @@ import hashlib
 import json
 import math
 import re
-import socket
 import urllib.request
 
 import pytest
@@ -13,12 +12,7 @@ from transformers import TrainerCallback
 
 from r1v_job import rewards
 from r1v_job.grpo import parse_args, run
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import free_port
 
 
 def _args(model, data, out, *extra):
@@ -77,7 +71,7 @@ def first_run(tiny_model_dir, clevr_train, tmp_path_factory, monkeypatch_module)
             re.search(r"\d+", row["solution"]).group())
     recorder = RecordingReward(true_counts)
     monkeypatch_module.setitem(rewards.REWARD_FUNCS, "recording_reward", recorder)
-    port = _free_port()
+    port = free_port()
     scraper = ScrapeOnLog(port)
     out = tmp_path_factory.mktemp("grpo") / "run"
     # 2 prompts x 4 rollouts per micro-batch, 2 micro-batches per step: 4 prompts with different

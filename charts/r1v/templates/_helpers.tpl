@@ -23,9 +23,52 @@ characters, so every name here is cut to 48 and must start with a letter.
 {{- $name }}
 {{- end }}
 
-{{/* The PyTorchJob, and so the operator's pod and Service prefix. */}}
+{{/* The training job (PyTorchJob or TrainJob), and so the prefix of the pods and Services its operator creates. */}}
 {{- define "r1v.jobName" -}}
 {{- include "r1v.fullname" . }}
+{{- end }}
+
+{{/* The training job's API as group/version/plural; the evaluator's Role and the helm test read exactly this. */}}
+{{- define "r1v.jobAPI" -}}
+{{- if eq .Values.jobKind "TrainJob" }}trainer.kubeflow.org/v1alpha1/trainjobs{{ else }}kubeflow.org/v1/pytorchjobs{{ end }}
+{{- end }}
+
+{{/* The evaluator's --wait-for: KIND/NAME. */}}
+{{- define "r1v.jobRef" -}}
+{{- printf "%s/%s" (lower .Values.jobKind) (include "r1v.jobName" .) }}
+{{- end }}
+
+{{/* The trainer container's name: the operator's default container (PyTorchJob) or the runtime's trainer container (TrainJob). */}}
+{{- define "r1v.trainerContainer" -}}
+{{- if eq .Values.jobKind "TrainJob" }}node{{ else }}pytorch{{ end }}
+{{- end }}
+
+{{/* "true" when the TrainJob runs on an existing ClusterTrainingRuntime instead of the chart's TrainingRuntime. */}}
+{{- define "r1v.clusterRuntime" -}}
+{{- if and (eq .Values.jobKind "TrainJob") .Values.trainJob.clusterTrainingRuntime }}true{{ end }}
+{{- end }}
+
+{{/* Labels the operator puts on the rank-0 pod, the one serving /metrics. */}}
+{{- define "r1v.rankZeroLabels" -}}
+{{- if eq .Values.jobKind "TrainJob" }}
+jobset.sigs.k8s.io/jobset-name: {{ include "r1v.jobName" . }}
+jobset.sigs.k8s.io/replicatedjob-name: node
+batch.kubernetes.io/job-completion-index: "0"
+{{- else }}
+training.kubeflow.org/job-name: {{ include "r1v.jobName" . }}
+training.kubeflow.org/replica-type: master
+training.kubeflow.org/replica-index: "0"
+{{- end }}
+{{- end }}
+
+{{/* Kueue's labels on the training job (either kind). */}}
+{{- define "r1v.kueueLabels" -}}
+{{- with .Values.kueue.queueName }}
+kueue.x-k8s.io/queue-name: {{ . }}
+{{- end }}
+{{- with .Values.kueue.priorityClass }}
+kueue.x-k8s.io/priority-class: {{ . }}
+{{- end }}
 {{- end }}
 
 {{- define "r1v.runName" -}}
@@ -93,6 +136,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s-eval" (include "r1v.fullname" .) }}
 {{- end }}
 
+{{/* The training pods' ServiceAccount: the created one, a named existing one, or empty (the namespace's default). */}}
+{{- define "r1v.trainerServiceAccount" -}}
+{{- $sa := .Values.trainer.serviceAccount }}
+{{- if $sa.create }}{{ default (printf "%s-trainer" (include "r1v.fullname" .)) $sa.name }}{{ else }}{{ $sa.name }}{{ end }}
+{{- end }}
+
+{{/* The ConfigMap of the chart's scripts (files/launch.sh, data_prep.py, helm_test.py), mounted at r1v.scriptsDir. */}}
+{{- define "r1v.scriptsConfigMap" -}}
+{{- printf "%s-scripts" (include "r1v.fullname" .) }}
+{{- end }}
+
+{{- define "r1v.scriptsDir" -}}/opt/r1v/scripts{{- end }}
+
 {{- define "r1v.image" -}}
 {{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) }}
 {{- end }}
@@ -119,11 +175,37 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   value: "1"
 {{- end }}
 
-{{/* Both volumes every workload pod mounts: the shared data claim and a RAM-backed /dev/shm. */}}
+{{/* The shared data claim every workload pod mounts at r1v.dataRoot. */}}
 {{- define "r1v.dataVolume" -}}
 - name: data
   persistentVolumeClaim:
     claimName: {{ include "r1v.claimName" . }}
+{{- end }}
+
+{{- define "r1v.scriptsVolume" -}}
+- name: scripts
+  configMap:
+    name: {{ include "r1v.scriptsConfigMap" . }}
+{{- end }}
+
+{{/* The pod's namespace from the downward API: every pod has it (metrics put it on every series). */}}
+{{- define "r1v.podNamespaceEnv" -}}
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- end }}
+
+{{/*
+Security contexts: a component's own (trainer/evaluator/dataPrep .podSecurityContext, .securityContext)
+merged over the top-level ones, key by key. Called with (dict "root" $ "component" .Values.X).
+*/}}
+{{- define "r1v.podSecurityContext" -}}
+{{- toYaml (mergeOverwrite (deepCopy .root.Values.podSecurityContext) (.component.podSecurityContext | default dict)) }}
+{{- end }}
+
+{{- define "r1v.securityContext" -}}
+{{- toYaml (mergeOverwrite (deepCopy .root.Values.securityContext) (.component.securityContext | default dict)) }}
 {{- end }}
 
 {{/* The recipe directory: the chart's ConfigMap (DeepSpeed configs, default or inline recipe), or a user's ConfigMap projected in as recipe.yaml. */}}
@@ -150,173 +232,10 @@ imagePullSecrets:
 {{- end }}
 
 {{/*
-The trainer's argument list. Only these recipe fields are overridden here (docs/architecture.md);
-everything else comes from the recipe file.
+"true" when the prometheus-operator objects (monitors, rules) render, else empty: monitoring.enabled
+and either the cluster serves monitoring.coreos.com/v1 (.Capabilities, as `helm install` sees it) or
+monitoring.forceMonitoringAPI (offline rendering: helm template, GitOps, CRDs in the same sync).
 */}}
-{{- define "r1v.trainerArgs" -}}
-- -m
-- r1v_job
-- --config
-- /etc/r1v/recipe.yaml
-- --output_dir
-- {{ include "r1v.outputDir" . }}
-- --model_name_or_path
-- {{ include "r1v.modelPath" . }}
-- --dataset_name
-- {{ include "r1v.datasetPath" . }}
-{{- if ne .Values.trainer.deepspeed "none" }}
-- --deepspeed
-- /etc/r1v/{{ .Values.trainer.deepspeed }}.json
-{{- end }}
-- --metrics_port
-- {{ .Values.monitoring.port | quote }}
-{{- range .Values.trainer.extraArgs }}
-- {{ . | quote }}
-{{- end }}
-{{- end }}
-
-{{/*
-One replica's pod template. Called with (dict "root" $ "role" "master"|"worker").
-Master and Worker differ only in the metrics port: rank 0 (the master pod) alone serves /metrics.
-*/}}
-{{- define "r1v.trainerPodTemplate" -}}
-{{- $root := .root }}
-{{- $v := $root.Values }}
-metadata:
-  labels:
-    {{- include "r1v.selectorLabels" $root | nindent 4 }}
-    app.kubernetes.io/component: trainer
-    {{- with $v.trainer.podLabels }}
-    {{- toYaml . | nindent 4 }}
-    {{- end }}
-  {{- with $v.trainer.podAnnotations }}
-  annotations:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-spec:
-  # The trainer never talks to the API server.
-  automountServiceAccountToken: false
-  {{- include "r1v.imagePullSecrets" $root | nindent 2 }}
-  {{- with $v.podSecurityContext }}
-  securityContext:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  {{- if and $v.gangScheduling.enabled $v.gangScheduling.schedulerName }}
-  schedulerName: {{ $v.gangScheduling.schedulerName }}
-  {{- end }}
-  {{- with $v.trainer.priorityClassName }}
-  priorityClassName: {{ . }}
-  {{- end }}
-  {{- $selector := deepCopy $v.trainer.nodeSelector }}
-  {{- with $v.trainer.gpuProduct }}
-  {{- $_ := set $selector "nvidia.com/gpu.product" . }}
-  {{- end }}
-  {{- with $selector }}
-  nodeSelector:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  {{- with $v.trainer.affinity }}
-  affinity:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  {{- with $v.trainer.tolerations }}
-  tolerations:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
-  {{- if $v.dataPrep.enabled }}
-  initContainers:
-    # Holds the pod until the data-prep Job has filled the volume; same image, so no extra pull.
-    - name: wait-for-data
-      image: {{ include "r1v.trainerImage" $root }}
-      imagePullPolicy: {{ $v.image.trainer.pullPolicy }}
-      command:
-        - sh
-        - -c
-        - until [ -f "$MARKER" ]; do echo "waiting for $MARKER (data-prep Job)"; sleep 15; done
-      env:
-        - name: MARKER
-          value: {{ include "r1v.dataPrepMarker" $root }}
-      {{- with $v.securityContext }}
-      securityContext:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
-      resources:
-        requests:
-          cpu: 10m
-          memory: 16Mi
-        limits:
-          memory: 64Mi
-      volumeMounts:
-        - name: data
-          mountPath: {{ include "r1v.dataRoot" $root }}
-          readOnly: true
-  {{- end }}
-  containers:
-    # The operator requires a container named "pytorch" and injects PET_* (read by torchrun) and
-    # MASTER_ADDR/MASTER_PORT/WORLD_SIZE/RANK into it.
-    - name: pytorch
-      image: {{ include "r1v.trainerImage" $root }}
-      imagePullPolicy: {{ $v.image.trainer.pullPolicy }}
-      command:
-        - torchrun
-      args:
-        {{- include "r1v.trainerArgs" $root | nindent 8 }}
-      env:
-        - name: R1V_RUN
-          value: {{ include "r1v.runName" $root | quote }}
-        {{- include "r1v.hfEnv" $root | nindent 8 }}
-        {{- range $name, $value := $v.trainer.nccl }}
-        - name: {{ $name }}
-          value: {{ $value | quote }}
-        {{- end }}
-        {{- range $name, $value := $v.trainer.env }}
-        - name: {{ $name }}
-          value: {{ $value | quote }}
-        {{- end }}
-      ports:
-        # Declared so the stored object matches what the operator's defaulter would add.
-        - name: pytorchjob-port
-          containerPort: {{ $v.trainer.masterPort }}
-          protocol: TCP
-        {{- if eq .role "master" }}
-        - name: metrics
-          containerPort: {{ $v.monitoring.port }}
-          protocol: TCP
-        {{- end }}
-      {{- with $v.securityContext }}
-      securityContext:
-        {{- toYaml . | nindent 8 }}
-      {{- end }}
-      resources:
-        requests:
-          {{- with $v.trainer.resources.requests }}
-          {{- toYaml . | nindent 10 }}
-          {{- end }}
-          nvidia.com/gpu: {{ $v.gpusPerNode }}
-        limits:
-          {{- with $v.trainer.resources.limits }}
-          {{- toYaml . | nindent 10 }}
-          {{- end }}
-          nvidia.com/gpu: {{ $v.gpusPerNode }}
-      volumeMounts:
-        - name: data
-          mountPath: {{ include "r1v.dataRoot" $root }}
-        - name: recipe
-          mountPath: /etc/r1v
-          readOnly: true
-        - name: dshm
-          mountPath: /dev/shm
-  volumes:
-    {{- include "r1v.dataVolume" $root | nindent 4 }}
-    {{- include "r1v.recipeVolume" $root | nindent 4 }}
-    # NCCL and DataLoader workers exchange tensors through /dev/shm; the runtime's 64 MiB default is far too small.
-    - name: dshm
-      emptyDir:
-        medium: Memory
-        sizeLimit: {{ $v.trainer.shmSize }}
-{{- end }}
-
-{{/* "true" when the prometheus-operator objects (monitors, rules) render, else empty. */}}
 {{- define "r1v.monitoringAPI" -}}
-{{- if .Values.monitoring.enabled }}true{{ end }}
+{{- if and .Values.monitoring.enabled (or (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1") .Values.monitoring.forceMonitoringAPI) }}true{{ end }}
 {{- end }}

@@ -1,0 +1,68 @@
+"""Helpers shared by every test package: a free loopback port and kmock's fake Kubernetes API server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FakeKubernetes:
+    """kmock's KubernetesEmulator (an in-memory fake of the API server, not a real one: no admission,
+    no operator, no scheduler, no RBAC) served on a loopback port from a background event loop, so
+    the synchronous kubernetes and kubeflow-training clients can talk to it. `emulator.objects` is
+    what it stores; `emulator[FILTER] << response` scripts an answer."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self.loop.run_until_complete, args=(self._serve(),), daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("kmock did not start")
+
+    async def _serve(self):
+        import kmock
+
+        self._stop = asyncio.Event()
+        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
+            self.emulator = emulator
+            self.url = str(server.url).rstrip("/")
+            self._ready.set()
+            await self._stop.wait()
+
+    def requests(self, spec: str) -> int:
+        """How many requests matching a kmock filter like 'get /path' the fake has served."""
+        return len(self.emulator[spec])
+
+    def configuration(self):
+        """A kubernetes client Configuration pointing at the fake (plain HTTP, no credentials)."""
+        from kubernetes import client
+
+        cfg = client.Configuration()
+        cfg.host = self.url
+        return cfg
+
+    def kubeconfig(self, path: Path, namespace: str) -> Path:
+        """Writes a kubeconfig pointing at the fake, with `namespace` as the context's default."""
+        self.kubeconfig_path = path
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "users": [{"name": "fake", "user": {}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
+        }))
+        return path
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
