@@ -26,7 +26,8 @@ class R1VScriptArguments(ScriptArguments):
     )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["accuracy_reward", "format_reward"],
-        metadata={"help": "Reward functions by name from r1v_job.rewards.REWARD_FUNCS; their sum is the reward."},
+        metadata={"help": "Reward functions, a list: names from r1v_job.rewards.REWARD_FUNCS or import paths "
+                          "`my_pkg.rewards:fn` (TRL's convention); their sum is the reward."},
     )
     min_pixels: int = field(default=3136, metadata={"help": "Qwen2-VL processor min_pixels (R1-V: 3136)."})
     max_pixels: int = field(default=401408, metadata={"help": "Qwen2-VL processor max_pixels (R1-V: 401408)."})
@@ -37,6 +38,12 @@ class R1VScriptArguments(ScriptArguments):
     auto_resume: bool = field(
         default=True,
         metadata={"help": "Resume from the newest complete checkpoint in output_dir, skipping half-written ones."},
+    )
+    preflight_only: bool = field(
+        default=False,
+        metadata={"help": "Run the input checks that need no GPU and no model load (recipe values, rewards, model "
+                          "and data paths, the data set's rows, the metrics port), then exit: 0 when usable, 2 with "
+                          "one line naming the problem. For a pod's init step, so bad input fails in seconds."},
     )
     completion_marker: str = field(
         default=COMPLETION_MARKER,
