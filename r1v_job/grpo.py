@@ -30,7 +30,8 @@ from .data import DataError, load_train_dataset
 from .metrics import PrometheusCallback, StepLogCallback
 from .preflight import UsageError, run_checks
 from .rewards import get_reward_funcs
-from .trainer import FsyncCheckpointCallback, NothingToTrain, R1VGRPOTrainer, StopAtStepCallback
+from .trainer import (FsyncCheckpointCallback, NothingToTrain, R1VGRPOTrainer, RemoveMarkerCallback,
+                      StopAtStepCallback)
 
 logger = logging.getLogger("r1v_job")
 
@@ -126,11 +127,15 @@ def _is_main_process() -> bool:
 
 
 def _finished(output_dir: Path, marker_name: str, at_least: int) -> dict | None:
-    """The completion marker when it matches the final model's files and is at step `at_least` or later."""
+    """The completion marker when it matches the final model's files and is at step `at_least` or later.
+
+    Rank 0 checks the digests; the other ranks only the sizes (8 ranks reading 9 GB each from a shared
+    volume helps nobody). Whatever they conclude, the paths that follow need no collective.
+    """
     marker = ckpt.read_marker(output_dir, marker_name)
     if marker is None:
         return None
-    problem = ckpt.marker_problem(output_dir, marker)
+    problem = ckpt.marker_problem(output_dir, marker, digests=_is_main_process())
     if problem:
         logger.warning("%s does not match the final model (%s): finishing the run again",
                        output_dir / marker_name, problem)
@@ -138,9 +143,12 @@ def _finished(output_dir: Path, marker_name: str, at_least: int) -> dict | None:
     return marker if marker["global_step"] >= at_least else None
 
 
-def _finish_without_training(output_dir: Path, marker_name: str, checkpoint: Path | None, step: int) -> None:
+def _finish_without_training(output_dir: Path, marker_name: str, checkpoint: Path | None, step: int,
+                             marker: dict | None = None) -> None:
     """The run is at its last step already: say so, or complete a final save that was cut short."""
-    if (marker := _finished(output_dir, marker_name, step)) is not None:
+    if marker is None:
+        marker = _finished(output_dir, marker_name, step)
+    if marker is not None:
         logger.info("%s: the run already finished at step %d (%s matches the final model); nothing to train or "
                     "write. Raise stop_at_step to train on, or use a new output_dir.", output_dir,
                     marker["global_step"], marker_name)
@@ -180,15 +188,17 @@ def run(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: 
     # set's size, and then the trainer's own check (NothingToTrain) decides.
     bound = (last_step(training_args.max_steps, script_args.stop_at_step) if training_args.max_steps > 0
              else script_args.stop_at_step)
-    if bound is not None and (done >= bound or (resume is None and _finished(out, marker_name, bound))):
-        _finish_without_training(out, marker_name, resume, max(done, bound) if resume is None else done)
+    if bound is not None and done >= bound:
+        _finish_without_training(out, marker_name, resume, done)
+        return None
+    if bound is not None and resume is None and (marker := _finished(out, marker_name, bound)) is not None:
+        _finish_without_training(out, marker_name, None, bound, marker)  # finished, with no checkpoints kept
         return None
     if resume is not None:
         logger.info("resuming from %s (step %d)", resume, done)
 
     trainer = build_trainer(script_args, training_args, model_args, callbacks)
-    if trainer.accelerator.is_main_process and ckpt.remove_completion_marker(out, marker_name):
-        logger.info("removed %s: the run trains on, the final model there is no longer final", out / marker_name)
+    trainer.add_callback(RemoveMarkerCallback(marker_name))
     try:
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     except NothingToTrain as reached:

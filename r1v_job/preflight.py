@@ -66,7 +66,10 @@ def check_model(script_args, training_args, model_args) -> None:
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(name, "config.json", revision=model_args.model_revision)
+        try:
+            cached = try_to_load_from_cache(name, "config.json", revision=model_args.model_revision)
+        except ValueError:  # not a valid repo id either
+            cached = None
         if not isinstance(cached, str):
             raise UsageError(f"model_name_or_path {name}: HF_HUB_OFFLINE is set and the model is not in the "
                              "Hugging Face cache; pass the folder it was copied to")

@@ -10,7 +10,7 @@ import safetensors.torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
-from .checkpoints import fsync_tree
+from .checkpoints import fsync_tree, remove_completion_marker
 from .config import last_step
 from .preflight import UsageError
 
@@ -59,6 +59,20 @@ class FsyncCheckpointCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_local_process_zero:
             fsync_tree(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        return control
+
+
+class RemoveMarkerCallback(TrainerCallback):
+    """Removes the completion marker when training starts (after the resume state is loaded and the
+    last-step check has passed): while a run trains, its output_dir never says it is finished."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and remove_completion_marker(args.output_dir, self.marker):
+            logger.info("removed %s: the run trains on, so the model there is no longer final",
+                        Path(args.output_dir) / self.marker)
         return control
 
 

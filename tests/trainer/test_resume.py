@@ -179,3 +179,17 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_an_error_naming_the_tensors
     # Named in the model's own terms (the legacy name mapped the way from_pretrained maps it).
     assert "layers.1.mlp" in message and "model.extra.weight" in message and "checkpoint-2" in message
     assert sorted(p.name for p in out.iterdir() if p.name != "README.md") == ["checkpoint-2"]  # nothing written
+
+
+def test_an_epoch_run_restarted_after_its_last_step_trains_nothing(runs, tmp_path, caplog):
+    # max_steps -1: the last step is known only once the data is (4 rows x 4 rollouts / 8 per step = 2).
+    out = tmp_path / "epochs"
+    epochs = ("--max_steps", "-1", "--num_train_epochs", "1", "--max_train_samples", "4", "--save_steps", "1")
+    run(*_args(runs["model"], runs["data"], out, *epochs))
+    assert json.loads((out / MARKER).read_text())["global_step"] == 2
+    before = _snapshot(out)
+    watch = Watch(out)
+    with caplog.at_level("INFO"):
+        assert run(*_args(runs["model"], runs["data"], out, *epochs), callbacks=[watch]) is None
+    assert watch.steps == [] and _snapshot(out) == before
+    assert "already finished at step 2" in caplog.text
