@@ -208,6 +208,8 @@ def run(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: 
     if trainer.accelerator.is_main_process:
         marker = ckpt.write_completion_marker(out, marker_name, trainer.state.global_step)
         logger.info("final model in %s; completion marker %s", out, marker)
+    # The run is final from here on (marker written): a grace period that keeps /metrics serving
+    # for a last scrape belongs here.
     trainer.accelerator.wait_for_everyone()
     return trainer
 
@@ -271,7 +273,6 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("preflight passed: the recipe, rewards, model path, data set and metrics port are usable")
             return 0
         run(script_args, training_args, model_args)
-        # (issue 15's metrics grace period goes here: keep /metrics serving after the marker)
     except (UsageError, DataError) as exc:
         if debug:
             traceback.print_exc()
