@@ -44,7 +44,7 @@ def check_rewards(script_args, training_args, model_args) -> None:
 
 def _looks_like_a_path(name: str) -> bool:
     # Hub ids are `name` or `org/name`; anything else is a folder on this machine.
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
+    return name.startswith((".", "/", "~")) or name.count("/") > 1
 
 
 def check_model(script_args, training_args, model_args) -> None:
