@@ -1,7 +1,8 @@
 """What to score: every complete `checkpoint-N/` in step order, then the final model.
 
-The trainer writes checkpoints in transformers' layout; one is complete once its
-`trainer_state.json` exists (written last), so a half-written checkpoint is never scored.
+The trainer writes checkpoints in transformers' layout; one is complete when its
+`trainer_state.json` (written last) parses and its weights are whole (r1v_job.checkpoints'
+rules, without the optimizer states only a resume needs), so a half-written checkpoint is never scored.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 # The trainer's own rules for what a complete checkpoint is (stdlib only: no trl in this image).
 from r1v_job.checkpoints import COMPLETION_MARKER as MARKER
-from r1v_job.checkpoints import checkpoint_problem, checkpoints_by_step
+from r1v_job.checkpoints import checkpoint_problem, checkpoints_by_step, final_weights
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def find_checkpoints(directory: str | Path) -> list[Target]:
     """Complete checkpoint-N folders of `directory`, in step order."""
     found = []
     for step, path in checkpoints_by_step(directory):
-        problem = checkpoint_problem(path)
+        problem = checkpoint_problem(path, training_state=False)
         if problem:
             log.info("skipping %s: %s", path, problem)
             continue
@@ -67,3 +68,10 @@ def find_targets(model_dir: str | Path, checkpoints_dir: str | Path | None = Non
     elif targets:
         log.warning("no final model in %s (no config.json): scoring the checkpoints only", model_dir)
     return targets
+
+
+def model_identity(path: Path) -> dict:
+    """What says the weights at `path` are the ones scored before: each weights file's size and
+    mtime (a digest of 4 GB per checkpoint on every rerun would cost minutes), plus config.json's."""
+    files = [*final_weights(path), path / "config.json"]
+    return {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()}

@@ -20,7 +20,8 @@ from eval_job import metrics
 from eval_job.checkpoints import FINAL, Target, find_targets
 from eval_job.data import DataError, read_questions
 from eval_job.evaluate import evaluate_target, write_atomically
-from eval_job.wait import TrainingFailed, WaitTimeout, parse_wait_for, wait_for_job, wait_for_marker
+from eval_job.wait import (TrainingFailed, WaitConfigError, WaitTimeout, parse_wait_for, wait_for_job,
+                           wait_for_marker)
 from r1v_job.processing import IMAGE_BACKENDS
 from r1v_job.prompts import EVAL_PROMPTS
 
@@ -106,6 +107,9 @@ def _wait(args: argparse.Namespace, model_dir: Path, run: str) -> int:
     except WaitTimeout as e:
         log.error("%s", e)
         return EXIT_WAIT_TIMEOUT
+    except WaitConfigError as e:
+        log.error("%s", e)
+        return EXIT_USAGE
     except RuntimeError as e:  # the API refused (e.g. 403: the service account may not read the job's kind)
         log.error("cannot read the training job: %s", str(e).splitlines()[0])
         return EXIT_INPUT

@@ -1,7 +1,7 @@
 """Reading R1-V's evaluation format: one JSON object a line,
 `{"image_path": "./images/x.png", "question": "How many ...?", "ground_truth": 4}`.
 
-A bad row (malformed JSON, a missing field, a non-integer ground truth, a missing or unreadable
+A bad row (text that is not UTF-8, malformed JSON, a missing field, a non-integer ground truth, a missing or unreadable
 image) is skipped and reported as `FILE:LINE: reason`, so one broken image cannot sink a 200-question
 run; the count of skips is part of every summary. Zero usable questions is an error.
 """
@@ -87,7 +87,8 @@ def read_questions(path: str | Path, image_root: str | Path | None = None) -> tu
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # Bytes, decoded line by line: one non-UTF-8 byte is a bad row, not a bad file.
+        lines = path.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n")  # a leading BOM is not data
     except OSError as e:
         raise DataError(f"cannot read the question file {path}: {e.strerror or e}") from e
     questions: list[Question] = []
@@ -96,7 +97,11 @@ def read_questions(path: str | Path, image_root: str | Path | None = None) -> tu
         if not raw.strip():
             continue  # blank lines (e.g. a trailing newline) are not rows
         try:
-            questions.append(_parse(raw, root, number))
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})") from e
+            questions.append(_parse(text, root, number))
         except ValueError as e:
             skip = Skip(str(path), number, str(e))
             log.warning("skipped %s", skip)

@@ -3,20 +3,24 @@
 Layout: OUT/<checkpoint>/<prompt>/results.jsonl (a row per question) and summary.json, where
 <checkpoint> is `checkpoint-N` or `final`. summary.json is written last, so its presence means that
 (checkpoint, prompt) is done: a restarted evaluation reuses it instead of generating again, unless
-the settings that shape the score (data, prompt text, pixels, max_new_tokens, model path) changed.
+the settings that shape the score (data, prompt text, pixels, max_new_tokens, the model: its path,
+step and weights files' sizes and mtimes) changed.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from eval_job.checkpoints import Target
+from eval_job.checkpoints import Target, model_identity
 from eval_job.data import Question, Skip
 from eval_job.scoring import RULES, score
 from r1v_job.prompts import EVAL_PROMPTS
@@ -28,10 +32,29 @@ SUMMARY = "summary.json"
 
 
 def write_atomically(path: Path, text: str) -> None:
-    # A crash mid-write must not leave a truncated file that a rerun would trust.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    # A crash mid-write must not leave a truncated file that a rerun would trust; the temp name is
+    # unique, so two evaluators writing the same file cannot rename each other's temp away.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def claim(directory: Path):
+    """Exclusive use of one (checkpoint, prompt) folder: a second evaluator on the same --out waits
+    here, then finds the first one's summary.json and reuses it instead of evaluating again."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def load_done(directory: Path, settings: dict) -> dict | None:
@@ -100,22 +123,24 @@ def evaluate_target(target: Target, questions: list[Question], skipped: list[Ski
     summaries = []
     evaluated_now = 0
     generator = None
+    identity = {"model": str(target.path), "model_step": target.step, "model_files": model_identity(target.path)}
     for prompt in prompts:
         directory = out / target.name / prompt
-        settings = {**base_settings, "model": str(target.path), "prompt_template": EVAL_PROMPTS[prompt]}
-        summary = load_done(directory, settings)
-        if summary is None:
-            if generator is None:
-                generator = load(target)
-            rows, duration = evaluate_prompt(generator, questions, prompt, batch_size, max_new_tokens, target.name)
-            summary = summarize(rows, duration, target, prompt, skipped, benchmark, settings)
-            directory.mkdir(parents=True, exist_ok=True)
-            write_atomically(directory / RESULTS, "".join(json.dumps(r) + "\n" for r in rows))
-            write_atomically(directory / SUMMARY, json.dumps(summary, indent=2) + "\n")
-            evaluated_now += 1
-            log.info("%s %s: accuracy %.1f%% (%d parse failures) -> %s", target.name, prompt,
-                     100 * summary["accuracy"], summary["parse_failures"], directory)
-        else:
-            log.info("%s %s: already evaluated (%s), reusing", target.name, prompt, directory / SUMMARY)
+        settings = {**base_settings, **identity, "prompt_template": EVAL_PROMPTS[prompt]}
+        with claim(directory):
+            summary = load_done(directory, settings)
+            if summary is None:
+                if generator is None:
+                    generator = load(target)
+                rows, duration = evaluate_prompt(generator, questions, prompt, batch_size, max_new_tokens,
+                                                 target.name)
+                summary = summarize(rows, duration, target, prompt, skipped, benchmark, settings)
+                write_atomically(directory / RESULTS, "".join(json.dumps(r) + "\n" for r in rows))
+                write_atomically(directory / SUMMARY, json.dumps(summary, indent=2) + "\n")
+                evaluated_now += 1
+                log.info("%s %s: accuracy %.1f%% (%d parse failures) -> %s", target.name, prompt,
+                         100 * summary["accuracy"], summary["parse_failures"], directory)
+            else:
+                log.info("%s %s: already evaluated (%s), reusing", target.name, prompt, directory / SUMMARY)
         summaries.append(summary)
     return summaries, evaluated_now

@@ -7,7 +7,8 @@
   has no v2 client). The kubernetes and kubeflow packages are imported here only, so marker mode
   and plain evaluation run without them.
 - `marker`: polls for the trainer's completion marker, OUTPUT_DIR/training_complete.json, on the
-  shared volume.
+  shared volume, and takes it only when the final model's files are the ones it records (sizes
+  and sha256): a marker beside other weights is refused.
 """
 
 from __future__ import annotations
@@ -18,12 +19,17 @@ import time
 from pathlib import Path
 
 from eval_job.checkpoints import MARKER
+from r1v_job.checkpoints import marker_problem
 
 log = logging.getLogger(__name__)
 
 
 class WaitTimeout(Exception):
     pass
+
+
+class WaitConfigError(Exception):
+    """Waiting cannot even start (no kubeconfig, no kubeflow-training): one line, exit 2."""
 
 
 class TrainingFailed(Exception):
@@ -53,18 +59,28 @@ def wait_for_job(kind: str, name: str, namespace: str | None, timeout: float, po
 
 
 def wait_for_marker(directory: str | Path, timeout: float, poll: float) -> dict:
-    """The contents of DIRECTORY/training_complete.json once it exists and parses."""
+    """The contents of DIRECTORY/training_complete.json once it exists, parses and matches the
+    final model's files."""
     path = Path(directory) / MARKER
     deadline = time.monotonic() + timeout
     log.info("waiting up to %.0f s for %s", timeout, path)
+    refused = None
     while True:
         try:
             # The trainer may be mid-write: only a complete JSON object counts.
-            return json.loads(path.read_text())
+            record = json.loads(path.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
-            pass
+            record = None
+        if isinstance(record, dict):
+            problem = marker_problem(directory, record)
+            if problem is None:
+                return record
+            if problem != refused:  # said once per distinct mismatch, not every poll
+                log.warning("refusing %s: %s; waiting for the trainer to write a marker that matches", path, problem)
+                refused = problem
         if time.monotonic() >= deadline:
-            raise WaitTimeout(f"no completion marker {path} after {timeout:.0f} s")
+            why = f" that matches the final model (last seen: {refused})" if refused else ""
+            raise WaitTimeout(f"no completion marker {path}{why} after {timeout:.0f} s")
         time.sleep(poll)
 
 
@@ -72,11 +88,21 @@ def wait_for_pytorchjob(name: str, namespace: str | None, timeout: float, poll: 
                         kubeconfig: str | None = None):
     """Block until PyTorchJob NAME has Succeeded; raise TrainingFailed if it Failed. Uses `kubeconfig`
     when given, else the in-cluster service account in a pod, else $KUBECONFIG or ~/.kube/config."""
-    from kubeflow.training import TrainingClient
-    from kubeflow.training.constants import constants
+    try:
+        from kubeflow.training import TrainingClient
+        from kubeflow.training.constants import constants
+        from kubernetes.config import ConfigException
+    except ImportError as e:
+        raise WaitConfigError(f"--wait-for pytorchjob needs kubeflow-training (pip install 'r1v-k8s[k8s]'): {e}") from e
 
     options = {"namespace": namespace} if namespace else {}
-    client = TrainingClient(config_file=kubeconfig, **options)
+    try:
+        client = TrainingClient(config_file=kubeconfig, **options)
+    except (ConfigException, OSError) as e:
+        where = f"--kubeconfig {kubeconfig}" if kubeconfig else "no in-cluster service account and no kubeconfig"
+        raise WaitConfigError(f"--wait-for pytorchjob/{name}: cannot reach the Kubernetes API ({where}: "
+                              f"{' '.join(str(e).split())}); run in a pod, or pass --kubeconfig FILE, "
+                              "or use --wait-for marker") from e
     namespace = client.namespace
     done = {constants.JOB_CONDITION_SUCCEEDED, constants.JOB_CONDITION_FAILED}
     deadline = time.monotonic() + timeout

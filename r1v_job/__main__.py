@@ -1,3 +1,5 @@
+import sys
+
 from .grpo import main
 
-main()
+sys.exit(main())

@@ -1,10 +1,16 @@
-"""Where a run resumes from, and the marker that says it finished."""
+"""Where a run resumes from, and the marker that says it finished. Standard library only: the
+evaluator's image (no torch, no trl) imports these rules too."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import re
+import shutil
+import struct
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,14 +19,89 @@ logger = logging.getLogger(__name__)
 # The trainer writes it after the final model; the evaluator's `--wait-for marker` waits on it.
 COMPLETION_MARKER = "training_complete.json"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_model.safetensors")
+# What `save_model` writes besides the weights; copied with them when a run is finished from its
+# last checkpoint.
+_MODEL_FILES = re.compile(r"^(config\.json|generation_config\.json|chat_template\.(jinja|json)|"
+                          r"(tokenizer|tokenizer_config|special_tokens_map|processor_config|preprocessor_config|"
+                          r"video_preprocessor_config|vocab|merges|added_tokens)\.(json|txt|model))$")
+_WEIGHTS = re.compile(r"^model(-\d+-of-\d+)?\.safetensors$|^model\.safetensors\.index\.json$")
 
 
-def checkpoint_problem(path: Path) -> str | None:
-    """Why `path` cannot be resumed from, or None when it is complete.
+def safetensors_problem(path: Path) -> str | None:
+    """Why `path` is not a whole safetensors file, or None. Reads the header only: a file cut short
+    is shorter than the offsets its header promises."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > size - 8:
+                return f"{path.name}: truncated ({size} bytes, header says {length} bytes of header alone)"
+            header = json.loads(f.read(length))
+    except (OSError, struct.error, ValueError, UnicodeDecodeError) as exc:
+        return f"{path.name}: not a safetensors file ({type(exc).__name__}: {exc})"
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if size < 8 + length + end:
+        return f"{path.name}: truncated ({size} bytes, its header needs {8 + length + end})"
+    return None
 
-    transformers writes trainer_state.json last, after the weights, optimizer and RNG states, so a
-    checkpoint whose trainer_state.json parses was fully written; one cut short by a crash lacks it.
+
+def _torch_file_problem(path: Path) -> str | None:
+    """torch.save writes a zip archive whose directory is at the end: a truncated file has none."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.namelist()
+    except (OSError, zipfile.BadZipFile) as exc:
+        return f"{path.name}: unreadable ({exc})"
+    return None
+
+
+def _weights_problem(path: Path) -> str | None:
+    index = path / "model.safetensors.index.json"
+    if (path / "model.safetensors").is_file():
+        return safetensors_problem(path / "model.safetensors")
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return f"{index.name}: unreadable ({exc})"
+        for shard in shards:
+            if not (path / shard).is_file():
+                return f"{shard}: missing (listed in {index.name})"
+            if problem := safetensors_problem(path / shard):
+                return problem
+        return None
+    if any(path.glob("global_step*")):  # DeepSpeed without consolidated weights: its own module states
+        return None
+    return "no model weights (model.safetensors)"
+
+
+def _training_state_problem(path: Path) -> str | None:
+    """The optimizer, scheduler and RNG states resume loads, in transformers' or DeepSpeed's layout."""
+    deepspeed = sorted(path.glob("global_step*"))
+    if deepspeed:
+        files = sorted(deepspeed[-1].glob("*.pt"))
+        if not any("optim_states" in f.name for f in files):
+            return f"{deepspeed[-1].name}: no DeepSpeed optimizer states"
+    else:
+        if not (path / "optimizer.pt").is_file():
+            return "no optimizer.pt"
+        files = [path / "optimizer.pt"]
+    if not (path / "scheduler.pt").is_file():
+        return "no scheduler.pt"
+    files += [path / "scheduler.pt", *sorted(path.glob("rng_state*.pth"))]
+    for file in files:
+        if problem := _torch_file_problem(file):
+            return problem
+    return None
+
+
+def checkpoint_problem(path: Path, training_state: bool = True) -> str | None:
+    """Why `path` cannot be used, or None when it is complete.
+
+    Complete means every file resume loads is present and parses: trainer_state.json (written last
+    by transformers, so a checkpoint cut short lacks it), the weights (the safetensors header and
+    the length it promises) and, with `training_state`, the optimizer, scheduler and RNG states (the
+    evaluator needs only the weights; a `save_only_model` run has no optimizer to resume).
     """
     state = path / "trainer_state.json"
     if not state.is_file():
@@ -28,10 +109,8 @@ def checkpoint_problem(path: Path) -> str | None:
     try:
         json.loads(state.read_text())
     except (OSError, ValueError) as exc:
-        return f"unreadable trainer_state.json ({exc})"
-    if not any((path / w).is_file() for w in _WEIGHTS) and not any(path.glob("global_step*")):
-        return "no model weights"
-    return None
+        return f"trainer_state.json: unreadable ({exc})"
+    return _weights_problem(path) or (_training_state_problem(path) if training_state else None)
 
 
 def checkpoints_by_step(output_dir: str | Path) -> list[tuple[int, Path]]:
@@ -43,21 +122,140 @@ def checkpoints_by_step(output_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint; newer half-written ones are skipped with a warning."""
+def latest_complete_checkpoint(output_dir: str | Path, training_state: bool = True) -> Path | None:
+    """The newest complete checkpoint; newer incomplete or corrupt ones are skipped with a warning
+    naming the file and the reason."""
     for step, path in reversed(checkpoints_by_step(output_dir)):
-        problem = checkpoint_problem(path)
+        problem = checkpoint_problem(path, training_state)
         if problem is None:
             return path
-        logger.warning("skipping %s: %s", path, problem)
+        logger.warning("skipping %s: %s; resuming from an older checkpoint", path, problem)
     return None
 
 
+def checkpoint_step(path: Path) -> int:
+    return int(json.loads((path / "trainer_state.json").read_text())["global_step"])
+
+
+# --- durability --------------------------------------------------------------------------------
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file under `path`, then the folders, then `path`'s parent (which names it)."""
+    path = Path(path)
+    if not path.is_dir():
+        return
+    for root, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+    _fsync_dir(path.parent)
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """Atomic and durable: a reader sees the old file or the whole new one, also after a power cut."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    _fsync_dir(path.parent)
+
+
+# --- the completion marker ---------------------------------------------------------------------
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def final_weights(model_dir: Path) -> list[Path]:
+    return sorted(p for p in Path(model_dir).iterdir() if p.is_file() and _WEIGHTS.match(p.name))
+
+
 def write_completion_marker(output_dir: str | Path, marker: str, global_step: int) -> Path:
-    """Written after the final model is saved; its presence means the model in output_dir is final."""
-    path = Path(output_dir) / marker
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"global_step": global_step, "model_dir": str(Path(output_dir).resolve()),
-                               "finished_at": datetime.now(timezone.utc).isoformat()}) + "\n")
-    tmp.replace(path)  # atomic: a waiting evaluator never reads half a marker
+    """Written after the final model is saved; its presence means the model in output_dir is final.
+
+    The model's files are fsynced first, and the marker records the step and each weights file's
+    size and sha256, which `marker_problem` (the evaluator's `--wait-for marker`) checks.
+    """
+    output_dir = Path(output_dir)
+    files = final_weights(output_dir)
+    if not files:
+        raise FileNotFoundError(f"no final model weights (model.safetensors) in {output_dir}")
+    for file in files:
+        if file.suffix == ".safetensors" and (problem := safetensors_problem(file)):
+            raise OSError(f"final model in {output_dir} is not whole: {problem}")
+    fsync_tree(output_dir)
+    record = {"global_step": global_step, "model_dir": str(output_dir.resolve()),
+              "finished_at": datetime.now(timezone.utc).isoformat(),
+              "files": {f.name: {"size": f.stat().st_size, "sha256": _digest(f)} for f in files}}
+    path = output_dir / marker
+    _write_durably(path, json.dumps(record, indent=1) + "\n")
     return path
+
+
+def read_marker(output_dir: str | Path, marker: str = COMPLETION_MARKER) -> dict | None:
+    try:
+        record = json.loads((Path(output_dir) / marker).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def marker_problem(output_dir: str | Path, record: dict, digests: bool = True) -> str | None:
+    """Why the marker `record` does not describe the files in output_dir, or None when it does."""
+    files = record.get("files")
+    if not isinstance(record.get("global_step"), int) or not isinstance(files, dict) or not files:
+        return "it records no global_step or no files (written by an older version?)"
+    for name, expected in files.items():
+        path = Path(output_dir) / name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if size != expected.get("size"):
+            return f"{name} has {size} bytes, the marker says {expected.get('size')}"
+        if digests and _digest(path) != expected.get("sha256"):
+            return f"{name} has another sha256 than the marker records"
+    return None
+
+
+def remove_completion_marker(output_dir: str | Path, marker: str) -> bool:
+    """Before training starts: while a run trains, output_dir holds no marker."""
+    path = Path(output_dir) / marker
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    _fsync_dir(path.parent)
+    return True
+
+
+def finish_from_checkpoint(checkpoint: Path, output_dir: str | Path) -> None:
+    """Makes `checkpoint` (at the run's last step) the final model: what `save_model` writes there
+    after the last step is the same weights and files, so a restart killed during the final save
+    completes it without loading a model or training."""
+    output_dir = Path(output_dir)
+    for old in final_weights(output_dir):
+        old.unlink()  # a half-written final model of another shard count must not linger
+    for file in sorted(checkpoint.iterdir()):
+        if file.is_file() and (_WEIGHTS.match(file.name) or _MODEL_FILES.match(file.name)):
+            tmp = output_dir / f".{file.name}.tmp"
+            shutil.copyfile(file, tmp)
+            tmp.replace(output_dir / file.name)

@@ -27,7 +27,8 @@ class R1VScriptArguments(ScriptArguments):
     )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["accuracy_reward", "format_reward"],
-        metadata={"help": "Reward functions by name from r1v_job.rewards.REWARD_FUNCS; their sum is the reward."},
+        metadata={"help": "Reward functions, a list: names from r1v_job.rewards.REWARD_FUNCS or import paths "
+                          "`my_pkg.rewards:fn` (TRL's convention); their sum is the reward."},
     )
     min_pixels: int = field(default=3136, metadata={"help": "Qwen2-VL processor min_pixels (R1-V: 3136)."})
     max_pixels: int = field(default=401408, metadata={"help": "Qwen2-VL processor max_pixels (R1-V: 401408)."})
@@ -50,6 +51,12 @@ class R1VScriptArguments(ScriptArguments):
     auto_resume: bool = field(
         default=True,
         metadata={"help": "Resume from the newest complete checkpoint in output_dir, skipping half-written ones."},
+    )
+    preflight_only: bool = field(
+        default=False,
+        metadata={"help": "Run the input checks that need no GPU and no model load (recipe values, rewards, model "
+                          "and data paths, the data set's rows, the metrics port), then exit: 0 when usable, 2 with "
+                          "one line naming the problem. For a pod's init step, so bad input fails in seconds."},
     )
     completion_marker: str = field(
         default=COMPLETION_MARKER,
@@ -92,28 +99,6 @@ def schedule_horizon(num_prompts: int, args, world_size: int) -> int:
     batches = (num_prompts // per_round) * steps_per_generation * args.num_iterations
     per_epoch = max(math.ceil(batches / args.gradient_accumulation_steps), 1)
     return math.ceil(args.num_train_epochs * per_epoch)
-
-
-# Weight dtypes a plain (non-DeepSpeed) optimizer would update in place, losing small updates.
-_HALF_DTYPES = ("bfloat16", "float16", "auto")
-
-
-def check_precision(training_args, model_args) -> None:
-    """Refuse a recipe whose optimizer would update 16-bit weights directly.
-
-    Without DeepSpeed, transformers' AdamW updates the weights in the dtype they were loaded in: at
-    R1-V's lr 1e-6, 98% of bf16 weights never change (the update is below half a bf16 ulp). DeepSpeed's
-    bf16/fp16 optimizers keep fp32 master weights themselves; without it the weights must load as
-    float32, and `bf16: true` then trains under bf16 autocast, as R1-V's README run did.
-    """
-    dtype = str(model_args.dtype or "auto").removeprefix("torch.")
-    if training_args.deepspeed or dtype not in _HALF_DTYPES:
-        return
-    weights = "the checkpoint's dtype (bfloat16 for Qwen2-VL)" if dtype == "auto" else dtype
-    raise ValueError(
-        f"dtype: {dtype} with deepspeed unset: AdamW would update {weights} weights in place and round most "
-        "updates at lr 1e-6 away; set dtype: float32 (bf16: true then trains under bf16 autocast on fp32 "
-        "weights, as R1-V's README run did) or deepspeed: recipes/zero2.json")
 
 
 def step_batch(args, world_size: int) -> tuple[int, int]:

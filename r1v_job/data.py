@@ -2,14 +2,15 @@
 
 `dataset_name` may be a Hub id (leonardPKU/clevr_cogen_a_train), a `datasets.save_to_disk` folder,
 parquet files (a file, a glob, or a folder of them) or a jsonl whose `image` holds paths (relative
-ones resolve against `image_root`, else the jsonl's folder). Rows TRL could not train on (an image
-that does not decode, a solution without a number) are dropped up front, counted and logged: one
+ones resolve against `image_root`, else the jsonl's folder). Rows TRL could not train on (a jsonl
+line that is not JSON, an image that does not decode, a solution without a number) are dropped up front, counted and logged: one
 bad row must not stop a 70k-row run half way, and an empty result is an error that says why.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 from pathlib import Path
@@ -30,27 +31,69 @@ class DataError(ValueError):
     """The training data cannot be used; the message names the source and the reason."""
 
 
-def _load_raw(source: str, split: str, config: str | None, image_root: str | None) -> datasets.Dataset:
+def _json_lines(path: Path) -> tuple[list[dict], list[str]]:
+    """The rows of a jsonl file and why each other line is not one (`line N: ...`, 1-based)."""
+    rows, bad = [], []
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if number == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")  # a BOM, as some editors write
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            bad.append(f"line {number}: not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})")
+            continue
+        except json.JSONDecodeError as exc:
+            bad.append(f"line {number}: malformed JSON ({exc.msg} at column {exc.colno})")
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad.append(f"line {number}: not a JSON object")
+    return rows, bad
+
+
+def _load_jsonl(path: Path) -> tuple[datasets.Dataset, list[str]]:
+    rows, bad = _json_lines(path)
+    if not rows:
+        why = f"first reasons: {'; '.join(bad[:_SHOWN_REASONS])}" if bad else "the file has no rows"
+        raise DataError(f"dataset_name {path}: no usable rows out of {len(bad)}; {why}")
+    if not bad:
+        # datasets' own reader: its result is cached by file fingerprint, so the other ranks of a
+        # multi-GPU job reuse rank 0's checks (main_process_first).
+        return datasets.load_dataset("json", data_files=str(path), split="train"), []
+    # datasets' reader stops at the first malformed line; build from the good rows instead (not
+    # cached, so each rank checks the images again: fix the file to get the cache back).
+    return datasets.Dataset.from_list(rows), bad
+
+
+def _load_raw(source: str, split: str, config: str | None, image_root: str | None
+              ) -> tuple[datasets.Dataset, list[str]]:
+    """The raw rows of `source`, and the reasons for lines that are not rows (jsonl only)."""
     path = Path(source)
     if path.suffix == ".jsonl" or path.suffix == ".json":
         if not path.is_file():
             raise DataError(f"dataset_name {source}: no such file")
-        ds = datasets.load_dataset("json", data_files=str(path), split="train")
+        if path.suffix == ".jsonl":
+            ds, bad_lines = _load_jsonl(path)
+        else:  # a .json file may hold one JSON array: datasets' reader takes both forms
+            ds, bad_lines = datasets.load_dataset("json", data_files=str(path), split="train"), []
         root = Path(image_root) if image_root else path.parent
         if "image" in ds.column_names:
             # Relative paths resolve against image_root or the jsonl's folder, like R1-V's eval files.
             ds = ds.map(lambda row: {"image": None if row["image"] is None else str(root / row["image"])})
-        return ds
+        return ds, bad_lines
     if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
         loaded = datasets.load_from_disk(str(path))
-        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        return (loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded), []
     if path.suffix == ".parquet" or "*" in source or (path.is_dir() and any(path.rglob("*.parquet"))):
         files = str(path / "**" / "*.parquet") if path.is_dir() else source
-        return datasets.load_dataset("parquet", data_files=files, split="train")
+        return datasets.load_dataset("parquet", data_files=files, split="train"), []
     if path.exists():
         raise DataError(f"dataset_name {source}: not a jsonl file, a save_to_disk folder or parquet files")
     # Anything else is a Hub id (or a local dataset script folder), loaded the usual way.
-    return datasets.load_dataset(source, config, split=split)
+    return datasets.load_dataset(source, config, split=split), []
 
 
 def _image_problem(image) -> str | None:
@@ -84,7 +127,9 @@ def load_train_dataset(source: str, split: str = "train", config: str | None = N
                        image_root: str | None = None, max_samples: int | None = None,
                        prompt_template: str = TRAIN_PROMPT) -> datasets.Dataset:
     """The usable rows of `source`, with a conversational `prompt` column and decoded `image`s."""
-    ds = _load_raw(source, split, config, image_root)
+    ds, bad_lines = _load_raw(source, split, config, image_root)
+    if len(ds) == 0:
+        raise DataError(f"dataset_name {source}: the data set has no rows")
     missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
     if missing:
         raise DataError(f"dataset_name {source}: missing columns {missing} (has {ds.column_names}); "
@@ -99,12 +144,13 @@ def load_train_dataset(source: str, split: str = "train", config: str | None = N
     # checks the files once (main_process_first) and the other ranks read its cache.
     checked = ds.map(lambda row: {"_problem": _solution_problem(row["solution"]) or _image_problem(row["image"])},
                      desc="checking rows")
-    reasons = [f"row {i}: {p}" for i, p in enumerate(checked["_problem"]) if p]
+    reasons = bad_lines + [f"row {i}: {p}" for i, p in enumerate(checked["_problem"]) if p]
+    total = len(ds) + len(bad_lines)
     if reasons:
-        logger.warning("dataset %s: dropped %d of %d rows; first reasons: %s", source, len(reasons), len(ds),
+        logger.warning("dataset %s: dropped %d of %d rows; first reasons: %s", source, len(reasons), total,
                        "; ".join(reasons[:_SHOWN_REASONS]))
-    if len(reasons) == len(ds):
-        raise DataError(f"dataset_name {source}: no usable rows out of {len(ds)}"
+    if len(reasons) == total:
+        raise DataError(f"dataset_name {source}: no usable rows out of {total}"
                         + (f"; first reasons: {'; '.join(reasons[:_SHOWN_REASONS])}" if reasons else ""))
     ds = checked.filter(lambda problem: problem is None, input_columns="_problem").remove_columns("_problem")
     ds = ds.cast_column("image", datasets.Image(decode=True))

@@ -4,6 +4,8 @@
     torchrun --nproc_per_node 8 -m r1v_job --config ...      (in a PyTorchJob: torchrun reads PET_*)
 
 One YAML holds GRPOConfig, ModelConfig and R1VScriptArguments fields; the command line overrides any.
+Exit codes (docs/operations.md): 0 trained, or already finished; 2 bad input (one line on stderr, the
+traceback with R1V_DEBUG=1 or --debug; retrying cannot help); anything else is a crash worth a retry.
 """
 
 from __future__ import annotations
@@ -11,20 +13,26 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import sys
+import traceback
 from pathlib import Path
+
+import yaml
 
 import torch
 import transformers
 from transformers import PrinterCallback
 from trl import GRPOConfig, ModelConfig, TrlParser
 
-from .checkpoints import latest_complete_checkpoint, write_completion_marker
-from .config import R1VScriptArguments, check_precision
-from .data import load_train_dataset
+from . import checkpoints as ckpt
+from .config import R1VScriptArguments, last_step
+from .data import DataError, load_train_dataset
 from .metrics import finish_training_metrics, training_callbacks
+from .preflight import UsageError, run_checks
 from .processing import load_processor
 from .rewards import get_reward_funcs
-from .trainer import R1VGRPOTrainer, StopAtStepCallback
+from .trainer import (FsyncCheckpointCallback, NothingToTrain, R1VGRPOTrainer, RemoveMarkerCallback,
+                      StopAtStepCallback)
 
 logger = logging.getLogger("r1v_job")
 
@@ -42,8 +50,10 @@ def choose_attn_implementation(requested: str | None) -> str:
 
 
 def bootstrap_offline(script_args: R1VScriptArguments, model_args: ModelConfig) -> None:
-    """Build the tiny model and synthetic scenes a laptop recipe points at, when they are missing."""
-    from .synthetic import write_clevr_train
+    """Build the tiny model and synthetic scenes a laptop recipe points at, when they are missing,
+    and SuperCLEVR-like held-out questions beside them (DATA_FOLDER/superclevr/questions.jsonl) for
+    the evaluator."""
+    from .synthetic import write_clevr_train, write_superclevr_eval
     from .tiny import save_tiny_model
 
     model_dir = Path(model_args.model_name_or_path)
@@ -53,17 +63,30 @@ def bootstrap_offline(script_args: R1VScriptArguments, model_args: ModelConfig) 
     data = Path(script_args.dataset_name)
     if not data.exists():
         if data.suffix != ".jsonl":
-            raise ValueError(f"offline_bootstrap: dataset_name {data} must end in .jsonl to be drawn synthetically")
+            raise UsageError(f"offline_bootstrap: dataset_name {data} must end in .jsonl to be drawn synthetically")
         logger.info("offline_bootstrap: drawing %d synthetic scenes to %s", script_args.bootstrap_scenes, data)
         written = write_clevr_train(data.parent, script_args.bootstrap_scenes)
         if written != data:
             written.rename(data)
+    questions = data.parent / "superclevr" / "questions.jsonl"
+    if not questions.exists():
+        n = max(script_args.bootstrap_scenes // 4, 1)
+        logger.info("offline_bootstrap: drawing %d held-out questions to %s", n, questions)
+        write_superclevr_eval(questions.parent, n)
+
+
+def load_checked_dataset(script_args: R1VScriptArguments):
+    return load_train_dataset(script_args.dataset_name, split=script_args.dataset_train_split,
+                              config=script_args.dataset_config, image_root=script_args.image_root,
+                              max_samples=script_args.max_train_samples)
 
 
 def build_trainer(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: ModelConfig,
                   callbacks: list | None = None) -> R1VGRPOTrainer:
-    # Before anything loads: a plain optimizer on 16-bit weights would lose R1-V's 1e-6 updates.
-    check_precision(training_args, model_args)
+    # Bad input ends here, in seconds, before anything is written or loaded.
+    run_checks(script_args, training_args, model_args)
+    reward_funcs = get_reward_funcs(script_args.reward_funcs)
+    reward_names = [fn.__name__ for fn in reward_funcs]  # TRL logs rewards/<__name__>/mean
     if script_args.offline_bootstrap:
         # Rank 0 builds; the others wait for it, then find the files there and build nothing.
         with training_args.main_process_first(local=False, desc="offline bootstrap"):
@@ -75,27 +98,20 @@ def build_trainer(script_args: R1VScriptArguments, training_args: GRPOConfig, mo
         "attn_implementation": choose_attn_implementation(model_args.attn_implementation),
         "revision": model_args.model_revision,
     }
+    with training_args.main_process_first(desc="load and validate the training data"):
+        train_dataset = load_checked_dataset(script_args)
     # R1-V's pixels (PIL backend) and pixel budget per image (min 3136, max 401408).
     processor = load_processor(model_args.model_name_or_path, image_backend=script_args.image_backend,
                                min_pixels=script_args.min_pixels, max_pixels=script_args.max_pixels,
                                revision=model_args.model_revision)
-    with training_args.main_process_first(desc="load and validate the training data"):
-        train_dataset = load_train_dataset(
-            script_args.dataset_name,
-            split=script_args.dataset_train_split,
-            config=script_args.dataset_config,
-            image_root=script_args.image_root,
-            max_samples=script_args.max_train_samples,
-        )
-    reward_funcs = get_reward_funcs(script_args.reward_funcs)
     trainer = R1VGRPOTrainer(
         model=model_args.model_name_or_path,
         reward_funcs=reward_funcs,
         args=training_args,
         train_dataset=train_dataset,
         processing_class=processor,
-        callbacks=[*training_callbacks(script_args), StopAtStepCallback(script_args.stop_at_step),
-                   *(callbacks or [])],
+        callbacks=[*training_callbacks(script_args, reward_names), StopAtStepCallback(script_args.stop_at_step),
+                   FsyncCheckpointCallback(), *(callbacks or [])],
     )
     # One readable line per step (StepLogCallback) instead of transformers' dict dump (it replaces
     # the progress bar when disable_tqdm is set, as in our recipes).
@@ -103,40 +119,165 @@ def build_trainer(script_args: R1VScriptArguments, training_args: GRPOConfig, mo
     return trainer
 
 
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _finished(output_dir: Path, marker_name: str, at_least: int) -> dict | None:
+    """The completion marker when it matches the final model's files and is at step `at_least` or later.
+
+    Rank 0 checks the digests; the other ranks only the sizes (8 ranks reading 9 GB each from a shared
+    volume helps nobody). Whatever they conclude, the paths that follow need no collective.
+    """
+    marker = ckpt.read_marker(output_dir, marker_name)
+    if marker is None:
+        return None
+    problem = ckpt.marker_problem(output_dir, marker, digests=_is_main_process())
+    if problem:
+        logger.warning("%s does not match the final model (%s): finishing the run again",
+                       output_dir / marker_name, problem)
+        return None
+    return marker if marker["global_step"] >= at_least else None
+
+
+def _finish_without_training(output_dir: Path, marker_name: str, checkpoint: Path | None, step: int,
+                             marker: dict | None = None) -> None:
+    """The run is at its last step already: say so, or complete a final save that was cut short."""
+    if marker is None:
+        marker = _finished(output_dir, marker_name, step)
+    if marker is not None:
+        logger.info("%s: the run already finished at step %d (%s matches the final model); nothing to train or "
+                    "write. Raise stop_at_step to train on, or use a new output_dir.", output_dir,
+                    marker["global_step"], marker_name)
+        return
+    if checkpoint is None:
+        raise UsageError(f"{output_dir}: at the last step {step} but no checkpoint holds it; use a new output_dir")
+    if _is_main_process():
+        ckpt.remove_completion_marker(output_dir, marker_name)
+        logger.info("%s: %s is at the run's last step %d; making it the final model (no training)",
+                    output_dir, checkpoint.name, step)
+        ckpt.finish_from_checkpoint(checkpoint, output_dir)
+        marker_path = ckpt.write_completion_marker(output_dir, marker_name, step)
+        logger.info("final model in %s; completion marker %s", output_dir, marker_path)
+
+
 def run(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: ModelConfig,
-        callbacks: list | None = None) -> R1VGRPOTrainer:
-    """Train, save the final model, write the completion marker. Returns the trainer."""
-    trainer = build_trainer(script_args, training_args, model_args, callbacks)
+        callbacks: list | None = None) -> R1VGRPOTrainer | None:
+    """Train, save the final model, write the completion marker. Returns the trainer, or None when
+    there was nothing to train (the run had reached its last step).
+
+    Restarts (docs/operations.md): resume from the newest complete checkpoint; never train past the
+    last step (stop_at_step, else the schedule's max_steps); no marker in output_dir while training.
+    """
+    run_checks(script_args, training_args, model_args)
+    out = Path(training_args.output_dir)
+    marker_name = script_args.completion_marker
     resume = training_args.resume_from_checkpoint
-    if resume is None and script_args.auto_resume:
-        resume = latest_complete_checkpoint(training_args.output_dir)
-        if resume is not None:
-            logger.info("resuming from %s", resume)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    training_state = not training_args.save_only_model
+    if resume is not None:
+        if problem := ckpt.checkpoint_problem(Path(resume), training_state):
+            raise UsageError(f"resume_from_checkpoint {resume}: {problem}")
+        resume = Path(resume)
+    elif script_args.auto_resume:
+        resume = ckpt.latest_complete_checkpoint(out, training_state)
+    done = ckpt.checkpoint_step(resume) if resume is not None else 0
+    # The last step, or a bound on it, before any data is read: max_steps -1 (epochs) needs the data
+    # set's size, and then the trainer's own check (NothingToTrain) decides.
+    bound = (last_step(training_args.max_steps, script_args.stop_at_step) if training_args.max_steps > 0
+             else script_args.stop_at_step)
+    if bound is not None and done >= bound:
+        _finish_without_training(out, marker_name, resume, done)
+        return None
+    if bound is not None and resume is None and (marker := _finished(out, marker_name, bound)) is not None:
+        _finish_without_training(out, marker_name, None, bound, marker)  # finished, with no checkpoints kept
+        return None
+    if resume is not None:
+        logger.info("resuming from %s (step %d)", resume, done)
+
+    trainer = build_trainer(script_args, training_args, model_args, callbacks)
+    trainer.add_callback(RemoveMarkerCallback(marker_name))
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    except NothingToTrain as reached:
+        _finish_without_training(out, marker_name, resume, reached.global_step)
+        return None
     trainer.save_model(training_args.output_dir)  # on every rank: ZeRO-3 gathers the shards collectively
     if trainer.accelerator.is_main_process:
-        marker = write_completion_marker(training_args.output_dir, script_args.completion_marker,
-                                         trainer.state.global_step)
-        logger.info("final model in %s; completion marker %s", training_args.output_dir, marker)
+        marker = ckpt.write_completion_marker(out, marker_name, trainer.state.global_step)
+        logger.info("final model in %s; completion marker %s", out, marker)
+    # The run is final from here on (marker written): a grace period that keeps /metrics serving
+    # for a last scrape belongs here.
     trainer.accelerator.wait_for_everyone()
     finish_training_metrics(trainer)  # rank 0: the final values stay scrapeable for metrics_grace_seconds
     return trainer
 
 
+class _Parser(TrlParser):
+    """TrlParser whose errors are one line (argparse's own prints the usage of ~300 options)."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
 def parse_args(argv: list[str] | None = None):
-    parser = TrlParser((R1VScriptArguments, GRPOConfig, ModelConfig))
-    return parser.parse_args_and_config(args=argv)
+    """The recipe (`--config FILE`) and command line as (script, GRPOConfig, ModelConfig); UsageError
+    names a missing or unparsable config file and every unknown key."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config = None
+    if "--config" in argv:
+        at = argv.index("--config")
+        if at + 1 >= len(argv):
+            raise UsageError("--config: expected a YAML file")
+        config = argv[at + 1]
+        try:
+            yaml.safe_load(Path(config).read_text())
+        except OSError as exc:
+            raise UsageError(f"--config {config}: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark else ""
+            raise UsageError(f"--config {config}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    parser = _Parser((R1VScriptArguments, GRPOConfig, ModelConfig))
+    try:
+        *parsed, from_config, from_cli = parser.parse_args_and_config(
+            args=argv, return_remaining_strings=True, separate_remaining_strings=True)
+    except (ValueError, TypeError) as exc:  # a dataclass __post_init__ refusing a value
+        raise UsageError(" ".join(str(exc).split())) from None
+    unknown = [s[2:] for s in from_config if s.startswith("--")]
+    if unknown:
+        raise UsageError(f"--config {config}: unknown key(s) {unknown}; see `python -m r1v_job --help` for the fields")
+    if from_cli:
+        raise UsageError(f"unknown argument(s) {from_cli}; see `python -m r1v_job --help` for the fields")
+    return tuple(parsed)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """`python -m r1v_job`: the exit code (0 done, 2 bad input); crashes propagate (exit 1)."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    script_args, training_args, model_args = parse_args(argv)
-    # Only rank 0 speaks, unless told otherwise: 8 ranks x 8 GPUs of identical lines help nobody.
-    if int(os.environ.get("RANK", "0")) != 0:
-        logging.getLogger().setLevel(logging.WARNING)
-    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
-    run(script_args, training_args, model_args)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("R1V_DEBUG", "").lower() not in ("", "0", "false") or "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        script_args, training_args, model_args = parse_args(argv)
+        # Only rank 0 speaks, unless told otherwise: 8 ranks x 8 GPUs of identical lines help nobody.
+        if not _is_main_process():
+            logging.getLogger().setLevel(logging.WARNING)
+        transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+        if script_args.preflight_only:
+            run_checks(script_args, training_args, model_args)
+            if Path(script_args.dataset_name).exists() or not script_args.offline_bootstrap:
+                rows = len(load_checked_dataset(script_args))
+                logger.info("preflight: %d usable training rows in %s", rows, script_args.dataset_name)
+            logger.info("preflight passed: the recipe, rewards, model path, data set and metrics port are usable")
+            return 0
+        run(script_args, training_args, model_args)
+    except (UsageError, DataError) as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"r1v_job: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

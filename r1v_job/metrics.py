@@ -217,12 +217,13 @@ class StepLogCallback(TrainerCallback):
                     nan if zero_std is None else 100 * zero_std, per_step, eta)
 
 
-def training_callbacks(script_args) -> list[TrainerCallback]:
-    """The trainer's metrics callbacks for the recipe's script fields."""
-    return [PrometheusCallback(script_args.metrics_port, script_args.reward_funcs,
+def training_callbacks(script_args, reward_names: list[str]) -> list[TrainerCallback]:
+    """The trainer's metrics callbacks for the recipe's script fields; `reward_names` are the reward
+    functions' `__name__`s, the keys TRL logs them under (an import path's function name)."""
+    return [PrometheusCallback(script_args.metrics_port, reward_names,
                                stop_at_step=script_args.stop_at_step,
                                grace_seconds=script_args.metrics_grace_seconds),
-            StepLogCallback(script_args.reward_funcs, stop_at_step=script_args.stop_at_step)]
+            StepLogCallback(reward_names, stop_at_step=script_args.stop_at_step)]
 
 
 def finish_training_metrics(trainer) -> None:

@@ -8,6 +8,7 @@ completion is scored against its own prompt's solution however many prompts shar
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable
 
@@ -87,15 +88,47 @@ def accuracy_reward_r1v(completions, solution, **kwargs) -> list[float]:
     return rewards
 
 
+def tag_count_reward(completions, **kwargs) -> list[float]:
+    """0.25 for each of <think>, </think>, <answer>, </answer> that appears exactly once (open-r1's
+    partial-format shaping). A learning signal before any completion has the whole format: the
+    smoke recipe's tiny random model never earns format_reward or accuracy_reward, so without it
+    every advantage is 0 and a smoke run leaves the weights where they started."""
+    tags = ("<think>", "</think>", "<answer>", "</answer>")
+    return [sum(0.25 for tag in tags if completion_text(c).count(tag) == 1) for c in completions]
+
+
 REWARD_FUNCS: dict[str, Callable[..., list[float]]] = {
     "format_reward": format_reward,
     "accuracy_reward": accuracy_reward,
     "accuracy_reward_r1v": accuracy_reward_r1v,
+    "tag_count_reward": tag_count_reward,
 }
 
 
+class RewardError(ValueError):
+    """A `reward_funcs` entry names no reward function; the message names the entry."""
+
+
+def _import_reward(spec: str) -> Callable[..., list[float]]:
+    """`my_pkg.rewards:fn` (TRL's convention for rewards outside the library): the module is imported
+    from sys.path, so users add rewards without forking the project."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RewardError(f"reward_funcs: {spec!r}: cannot import module {module_name!r} ({exc})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise RewardError(f"reward_funcs: {spec!r}: module {module_name!r} has no function {attr!r}")
+    return fn
+
+
 def get_reward_funcs(names: list[str]) -> list[Callable[..., list[float]]]:
-    unknown = [n for n in names if n not in REWARD_FUNCS]
+    """Reward functions by registry name or `module:function` import path, in order."""
+    if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
+        raise RewardError(f"reward_funcs: {names!r}: must be a non-empty list, e.g. [accuracy_reward, format_reward]")
+    unknown = [n for n in names if not isinstance(n, str) or (":" not in n and n not in REWARD_FUNCS)]
     if unknown:
-        raise ValueError(f"reward_funcs: unknown {unknown}; known rewards are {sorted(REWARD_FUNCS)}")
-    return [REWARD_FUNCS[n] for n in names]
+        raise RewardError(f"reward_funcs: unknown {unknown}; known rewards are {sorted(REWARD_FUNCS)}, "
+                          "or give one by import path as my_pkg.rewards:fn")
+    return [_import_reward(n) if ":" in n else REWARD_FUNCS[n] for n in names]

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
+import safetensors.torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
+from .checkpoints import fsync_tree, remove_completion_marker
 from .config import last_step
+from .preflight import UsageError
+
+logger = logging.getLogger(__name__)
+
+
+class ResumeError(UsageError):
+    """A checkpoint's weights do not fit the model: resuming would silently train something else.
+    Permanent (exit 2): every restart would meet the same checkpoint."""
+
+
+class NothingToTrain(Exception):
+    """The checkpoint resumed from is already at (or past) the run's last step."""
+
+    def __init__(self, global_step: int, last: int):
+        super().__init__(f"the checkpoint is at step {global_step}, the run ends at step {last}")
+        self.global_step, self.last = global_step, last
 
 logger = logging.getLogger("r1v_job")
 
@@ -35,5 +55,112 @@ class StopAtStepCallback(TrainerCallback):
         return control
 
 
+class FsyncCheckpointCallback(TrainerCallback):
+    """Flushes each checkpoint's files and folder to disk once transformers has written them.
+
+    Without it a node crash (or an NFS server restart) shortly after a save can leave a checkpoint
+    whose trainer_state.json exists while its weights are still in the page cache: resume would pick
+    it as complete. `checkpoint_problem` still checks every file at restart.
+    """
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_local_process_zero:
+            fsync_tree(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+        return control
+
+
+class RemoveMarkerCallback(TrainerCallback):
+    """Removes the completion marker when training starts (after the resume state is loaded and the
+    last-step check has passed): while a run trains, its output_dir never says it is finished."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and remove_completion_marker(args.output_dir, self.marker):
+            logger.info("removed %s: the run trains on, so the model there is no longer final",
+                        Path(args.output_dir) / self.marker)
+        return control
+
+
+def model_keys_from_checkpoint(model, state_dict: dict) -> dict:
+    """`state_dict` read from a checkpoint, with its keys renamed the way `from_pretrained` renames them.
+
+    Why: transformers 5.24's `save_pretrained` writes Qwen2-VL under the legacy names
+    (`model.layers.*`, `visual.*`) for older readers, while the model's own names are
+    `model.language_model.*` / `model.visual.*`; the Trainer's resume loads the file with
+    `load_state_dict(strict=False)`, so 57 of the tiny model's 58 tensors were silently left at the
+    base model's values (upstream: huggingface/transformers#43701). `from_pretrained` maps the names
+    with the model's conversion mapping; we apply the same mapping here.
+    """
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    own = model.state_dict()
+    renamed = {}
+    for key, tensor in state_dict.items():
+        new_key, converter = rename_source_key(key, renamings, converters, model.base_model_prefix, own)
+        if converter is not None:
+            # A converter merges or splits tensors (MoE experts, fused projections): not a rename,
+            # and none of the models this project trains needs one. Refuse rather than guess.
+            raise ResumeError(f"checkpoint tensor {key} needs transformers' weight conversion {converter!r}; "
+                              "resuming such a model is not supported")
+        renamed[new_key] = tensor
+    return renamed
+
+
 class R1VGRPOTrainer(GRPOTrainer):
     """GRPOTrainer, unchanged but for the overrides below."""
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """A strict resume of the model weights (see `model_keys_from_checkpoint` for why).
+
+        Any missing or unexpected tensor is an error naming them, never the upstream warning. Under
+        DeepSpeed transformers loads DeepSpeed's own (strict) module states instead and never calls
+        this method; FSDP, SageMaker and PEFT checkpoints keep transformers' loader.
+        """
+        model = self.model if model is None else model
+        folder = Path(resume_from_checkpoint)
+        if self.is_fsdp_enabled or hasattr(model, "peft_config"):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if (folder / "model.safetensors").is_file():
+            files = [folder / "model.safetensors"]
+        elif (folder / "model.safetensors.index.json").is_file():
+            index = json.loads((folder / "model.safetensors.index.json").read_text())
+            files = [folder / name for name in sorted(set(index["weight_map"].values()))]
+        else:
+            raise ResumeError(f"resume from {folder}: no model.safetensors (or its index) to load the weights from")
+        state_dict = {}
+        for file in files:
+            state_dict.update(safetensors.torch.load_file(str(file), device="cpu"))
+        state_dict = model_keys_from_checkpoint(model, state_dict)
+        result = model.load_state_dict(state_dict, strict=False)
+        # save_pretrained leaves out tied duplicates (lm_head tied to the embeddings): a missing key
+        # that shares storage with a loaded one was loaded.
+        own = model.state_dict()
+        loaded = {own[k].data_ptr() for k in state_dict if k in own}
+        missing = [k for k in result.missing_keys if own[k].data_ptr() not in loaded]
+        if missing or result.unexpected_keys:
+            raise ResumeError(
+                f"resume from {folder}: the checkpoint does not fit the model: missing {_few(missing)}, "
+                f"unexpected {_few(result.unexpected_keys)}; pass --resume_from_checkpoint with another "
+                "checkpoint, or --auto_resume false to start over")
+        logger.info("resumed the weights of %d tensors from %s", len(state_dict), folder)
+
+    def _init_training_state(self, max_steps, *args, **kwargs):
+        """Refuses to train past the run's last step: transformers resumed from a checkpoint at the
+        last step would run one more step before its own stop check (`step 7/6`)."""
+        result = super()._init_training_state(max_steps, *args, **kwargs)
+        stop = next((cb.stop_at_step for cb in self.callback_handler.callbacks
+                     if isinstance(cb, StopAtStepCallback)), None)
+        if self.state.global_step >= last_step(max_steps, stop):
+            raise NothingToTrain(self.state.global_step, last_step(max_steps, stop))
+        return result
+
+
+def _few(keys: list[str], shown: int = 5) -> str:
+    keys = sorted(keys)
+    return "[]" if not keys else "[" + ", ".join(keys[:shown]) + (f", ... ({len(keys)} in all)]" if len(keys) > shown else "]")

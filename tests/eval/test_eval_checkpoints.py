@@ -3,6 +3,7 @@ what is on disk."""
 
 import json
 import logging
+import struct
 
 import pytest
 
@@ -10,12 +11,20 @@ from eval_job import cli
 from eval_job.checkpoints import find_targets
 
 
+def _safetensors(tensor_bytes: int) -> bytes:
+    """A safetensors file holding one uint8 tensor of `tensor_bytes` bytes, written by hand (stdlib)."""
+    header = json.dumps({"w": {"dtype": "U8", "shape": [tensor_bytes], "data_offsets": [0, tensor_bytes]}}).encode()
+    return struct.pack("<Q", len(header)) + header + bytes(tensor_bytes)
+
+
 def test_checkpoints_are_ordered_by_step_and_incomplete_ones_skipped(tmp_path):
-    for n in (2, 10, 9, 4):
+    for n in (2, 10, 9, 4, 7):
         (tmp_path / f"checkpoint-{n}").mkdir()
-        (tmp_path / f"checkpoint-{n}" / "model.safetensors").write_bytes(b"weights")
+        (tmp_path / f"checkpoint-{n}" / "model.safetensors").write_bytes(_safetensors(64))
         if n != 4:  # checkpoint-4 is still being written: no trainer_state.json yet
             (tmp_path / f"checkpoint-{n}" / "trainer_state.json").write_text(json.dumps({"global_step": n}))
+    # checkpoint-7's weights were cut short (its trainer_state.json parses): not scored either.
+    (tmp_path / "checkpoint-7" / "model.safetensors").write_bytes(_safetensors(64)[:-10])
     (tmp_path / "checkpoint-x").mkdir()
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "training_complete.json").write_text(json.dumps({"global_step": 11}))
@@ -88,3 +97,51 @@ def test_changed_settings_evaluate_again(tiny_model, questions, tmp_path, monkey
     assert cli.main(argv[:-1] + ["3"]) == 0
     assert len(loads) == 1  # a different generation budget changes the score: evaluated again
     assert json.loads((out / "final" / "cot" / "summary.json").read_text())["settings"]["max_new_tokens"] == 3
+
+
+def test_a_changed_model_at_the_same_path_is_scored_again(copy_model, questions, tmp_path, monkeypatch):
+    model = copy_model(tmp_path / "model")
+    out = tmp_path / "out"
+    argv = ["--model", str(model), "--data", str(questions), "--out", str(out), "--max-new-tokens", "2"]
+    assert cli.main(argv) == 0
+    first = json.loads((out / "final" / "cot" / "summary.json").read_text())
+    from eval_job import generate
+    loads = []
+    real = generate.load_generator
+    monkeypatch.setattr(generate, "load_generator", lambda *a, **k: loads.append(a) or real(*a, **k))
+    assert cli.main(argv) == 0
+    assert loads == []  # same weights: reused
+    # Training went on into the same folder: other weights (same path, same size, new mtime).
+    import safetensors.torch
+    weights = safetensors.torch.load_file(str(model / "model.safetensors"))
+    safetensors.torch.save_file({k: v + 0.01 for k, v in weights.items()}, str(model / "model.safetensors"),
+                                metadata={"format": "pt"})
+    assert cli.main(argv) == 0
+    assert len(loads) == 1
+    second = json.loads((out / "final" / "cot" / "summary.json").read_text())
+    assert second["settings"]["model_files"] != first["settings"]["model_files"]
+
+
+def test_two_evaluators_on_one_out_neither_crash_nor_evaluate_twice(copy_model, questions, tmp_path, monkeypatch):
+    import threading
+
+    from eval_job import evaluate
+    model = copy_model(tmp_path / "model")
+    out = tmp_path / "out"
+    evaluated = []
+    real = evaluate.evaluate_prompt
+    monkeypatch.setattr(evaluate, "evaluate_prompt", lambda *a, **k: evaluated.append(a[2]) or real(*a, **k))
+    argv = ["--model", str(model), "--data", str(questions), "--out", str(out), "--max-new-tokens", "2",
+            "--prompt", "cot,direct"]
+    codes = []
+    threads = [threading.Thread(target=lambda: codes.append(cli.main(argv))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert codes == [0, 0]
+    # Each (model, prompt) scored once: the other evaluator waited for the claim, then reused it.
+    assert sorted(evaluated) == ["cot", "direct"]
+    assert not list(out.rglob("*.tmp"))
+    index = json.loads((out / "scores.json").read_text())
+    assert [(r["checkpoint"], r["prompt"]) for r in index] == [("final", "cot"), ("final", "direct")]

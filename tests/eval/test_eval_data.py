@@ -92,3 +92,15 @@ def test_missing_question_file_is_an_error(tmp_path, tiny_model, caplog):
     rc = cli.main(["--model", str(tiny_model), "--data", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "o")])
     assert rc == cli.EXIT_INPUT
     assert f"cannot read the question file {tmp_path / 'absent.jsonl'}" in caplog.text
+
+
+def test_undecodable_lines_are_bad_rows_and_a_bom_is_not_data(tmp_path, questions):
+    shutil.copytree(questions.parent / "images", tmp_path / "images")
+    good = _row("./images/superclevr_000000.png", 3).encode()
+    latin1 = ('{"image_path": "./images/superclevr_000000.png", "question": "Wie viele Gegenst\u00e4nde?", '
+              '"ground_truth": 3}').encode("latin-1")  # an editor's Latin-1 save: \xe4 is not UTF-8
+    path = tmp_path / "q.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + good + b"\n" + latin1 + b"\n" + good + b"\n")
+    found, skipped = read_questions(path)
+    assert [q.line for q in found] == [1, 3]
+    assert [str(s) for s in skipped] == [f"{path}:2: not UTF-8 text (byte 0xe4 at column 80)"]

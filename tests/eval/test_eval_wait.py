@@ -2,13 +2,20 @@
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from kubernetes import client, config
 
 from eval_job import cli
+from r1v_job.checkpoints import write_completion_marker
+
+REPO = Path(__file__).resolve().parents[2]
 
 JOB_PATH = "/apis/kubeflow.org/v1/namespaces/team/pytorchjobs/{name}"
 
@@ -129,9 +136,37 @@ def test_marker_mode_waits_for_the_completion_marker(copy_model, questions, tmp_
     (run / "training_complete.json").write_text('{"global_step": ')  # half-written: not done yet
     time.sleep(0.3)
     assert evaluator.thread.is_alive()
+    # A marker that records no files, or other files than those beside it, is refused.
     (run / "training_complete.json").write_text(json.dumps({"global_step": 7, "model_dir": str(run)}))
+    time.sleep(0.3)
+    assert evaluator.thread.is_alive()
+    write_completion_marker(run, "training_complete.json", 7)  # the trainer's own writer
     assert evaluator.join() == 0
     assert json.loads((out / "final" / "cot" / "summary.json").read_text())["step"] == 7
+
+
+def test_a_marker_that_does_not_match_the_final_model_is_refused(copy_model, questions, tmp_path, caplog):
+    run = copy_model(tmp_path / "run")
+    write_completion_marker(run, "training_complete.json", 7)
+    weights = run / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")  # same size, other bytes
+    rc = cli.main(["--checkpoints", str(run), "--data", str(questions), "--out", str(tmp_path / "out"),
+                   "--wait-for", "marker", "--timeout", "0.3", "--poll-interval", "0.05"])
+    assert rc == cli.EXIT_WAIT_TIMEOUT
+    assert "model.safetensors has another sha256 than the marker records" in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+def test_waiting_for_a_pytorchjob_without_a_kubeconfig_is_one_line(tiny_model, questions, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
+    env["HOME"] = str(tmp_path)  # no ~/.kube/config
+    result = subprocess.run([sys.executable, "-m", "eval_job", "--model", str(tiny_model), "--data", str(questions),
+                             "--out", str(tmp_path / "out"), "--wait-for", "pytorchjob/r1v"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == cli.EXIT_USAGE
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "--wait-for pytorchjob/r1v: cannot reach the Kubernetes API" in err[0] and "--kubeconfig" in err[0]
 
 
 def test_marker_timeout_exits_nonzero(tiny_model, questions, tmp_path, caplog):

@@ -105,3 +105,24 @@ def test_wrong_schema_names_the_missing_columns(tmp_path):
     bad.write_text(json.dumps({"image_path": "x.png", "question": "How many?", "ground_truth": 2}) + "\n")
     with pytest.raises(DataError, match=r"missing columns \['image', 'problem', 'solution'\]"):
         load_train_dataset(str(bad))
+
+
+def test_malformed_json_lines_are_dropped_and_counted_like_bad_rows(clevr_train, tmp_path, caplog):
+    shutil.copytree(clevr_train.parent, tmp_path / "d")
+    lines = [json.dumps(r) for r in _rows(clevr_train)[:4]]
+    lines.insert(1, '{"image": "images/x.png", "problem": ')  # line 2: cut short
+    lines.insert(3, "\xff not text")  # line 4, written below as Latin-1: not UTF-8
+    bad = tmp_path / "d" / "bad.jsonl"
+    bad.write_bytes("\n".join(lines).encode("latin-1") + b"\n")
+    with caplog.at_level(logging.WARNING, logger="r1v_job.data"):
+        ds = load_train_dataset(str(bad))
+    assert len(ds) == 4
+    assert "dropped 2 of 6 rows" in caplog.text
+    assert "line 2: malformed JSON" in caplog.text and "line 4: not UTF-8 text (byte 0xff at column 1)" in caplog.text
+
+
+def test_an_empty_data_set_is_one_error_naming_the_file(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(DataError, match=r"empty.jsonl: no usable rows out of 0; the file has no rows"):
+        load_train_dataset(str(empty))

@@ -14,7 +14,8 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, TrainerCallback
 
 from r1v_job import grpo, rewards
-from r1v_job.config import check_precision, schedule_horizon
+from r1v_job.config import schedule_horizon
+from r1v_job.preflight import UsageError, check_precision
 from r1v_job.grpo import parse_args, run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -294,19 +295,19 @@ def _config(dtype, deepspeed):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "auto", None])
 def test_16bit_weights_without_deepspeed_are_refused_with_the_fix(dtype):
-    with pytest.raises(ValueError, match=r"dtype: \w+ with deepspeed unset: .*set dtype: float32"):
-        check_precision(*_config(dtype, None))
+    with pytest.raises(UsageError, match=r"dtype: \w+ with deepspeed unset: .*set dtype: float32"):
+        check_precision(None, *_config(dtype, None))
 
 
 @pytest.mark.parametrize("dtype,deepspeed", [("float32", None), ("float32", ""), ("bfloat16", "recipes/zero2.json")])
 def test_fp32_weights_or_deepspeed_pass(dtype, deepspeed):
-    check_precision(*_config(dtype, deepspeed))
+    check_precision(None, *_config(dtype, deepspeed))
 
 
 def test_refused_before_the_model_loads(tmp_path):
     args = _seed(tmp_path / "no-such-model", tmp_path / "no-such-data.jsonl", tmp_path / "out",
                  "--dtype", "bfloat16")
-    with pytest.raises(ValueError, match="dtype: bfloat16 with deepspeed unset"):
+    with pytest.raises(UsageError, match="dtype: bfloat16 with deepspeed unset"):
         grpo.build_trainer(*args)
 
 

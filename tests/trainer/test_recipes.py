@@ -6,6 +6,7 @@ import pytest
 
 from r1v_job.config import schedule_horizon, step_batch
 from r1v_job.grpo import parse_args
+from r1v_job.preflight import UsageError
 
 SEED = "recipes/r1v_qwen2vl_2b_clevr.yaml"
 
@@ -109,5 +110,5 @@ def test_command_line_overrides_the_recipe():
 def test_unknown_recipe_key_is_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model_name_or_path: x\nbf16: false\nlearning_rat: 1e-6\n")
-    with pytest.raises(ValueError, match="learning_rat"):
+    with pytest.raises(UsageError, match=r"bad.yaml: unknown key\(s\) \['learning_rat'\]"):
         parse_args(["--config", str(bad)])

@@ -50,3 +50,27 @@ def test_registry_names_unknown_rewards():
     assert get_reward_funcs(["format_reward", "accuracy_reward"]) == [format_reward, accuracy_reward]
     with pytest.raises(ValueError, match="unknown \\['acuracy_reward'\\]"):
         get_reward_funcs(["acuracy_reward"])
+
+
+def test_rewards_by_import_path_sit_beside_the_registry():
+    from r1v_job.rewards import tag_count_reward
+
+    assert get_reward_funcs(["format_reward", "r1v_job.rewards:tag_count_reward"]) == [format_reward, tag_count_reward]
+
+
+@pytest.mark.parametrize("names, message", [
+    ("accuracy_reward", r"reward_funcs: 'accuracy_reward': must be a non-empty list"),  # YAML scalar, not a list
+    ([], r"must be a non-empty list"),
+    (["no_such_module_xyz:fn"], r"cannot import module 'no_such_module_xyz'"),
+    (["r1v_job.rewards:nothing"], r"module 'r1v_job.rewards' has no function 'nothing'"),
+])
+def test_reward_lists_that_name_no_function_are_refused_whole(names, message):
+    with pytest.raises(ValueError, match=message):
+        get_reward_funcs(names)
+
+
+def test_tag_count_reward_pays_each_tag_that_appears_once():
+    from r1v_job.rewards import tag_count_reward
+
+    assert tag_count_reward(["<think>x</think><answer>3</answer>", "<think> <think>", "no tags", "</answer>"]) == \
+        [1.0, 0.0, 0.0, 0.25]

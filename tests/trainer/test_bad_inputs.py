@@ -1,0 +1,136 @@
+"""Bad input stops before any model loads, with one line naming the key, value, file or port, and
+exit code 2; nothing is written to output_dir."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from r1v_job.grpo import main
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = REPO / "recipes" / "smoke_cpu.yaml"
+
+
+def _recipe(tmp_path, old, new):
+    path = tmp_path / "recipe.yaml"
+    text = SMOKE.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    return str(path)
+
+
+def _file(tmp_path, name, content):
+    (tmp_path / name).write_text(content)
+    return str(tmp_path / name)
+
+
+# (id, how to build the command line from the good one, the one line expected)
+CASES = [
+    ("negative max_steps", lambda a, t: a + ["--max_steps", "-5"],
+     r"max_steps -5: must be a positive number of optimizer steps, or -1"),
+    ("zero max_steps", lambda a, t: a + ["--max_steps", "0"], r"max_steps 0: must be a positive"),
+    ("zero stop step", lambda a, t: a + ["--stop_at_step", "0"], r"stop_at_step 0: must be a positive"),
+    ("no epochs", lambda a, t: a + ["--max_steps", "-1", "--num_train_epochs", "0"],
+     r"num_train_epochs 0(\.0)?: must be positive when max_steps is -1"),
+    ("empty jsonl", lambda a, t: a + ["--dataset_name", _file(t, "empty.jsonl", "")],
+     r"dataset_name \S+empty.jsonl: no usable rows out of 0; the file has no rows"),
+    ("only malformed lines", lambda a, t: a + ["--dataset_name", _file(t, "bad.jsonl", '{"image": \nnot json\n')],
+     r"bad.jsonl: no usable rows out of 2; first reasons: line 1: malformed JSON .*; line 2: malformed JSON"),
+    ("wrong schema", lambda a, t: a + ["--dataset_name", _file(t, "q.jsonl", '{"image_path": "x.png"}\n')],
+     r"q.jsonl: missing columns \['image', 'problem', 'solution'\]"),
+    ("reward_funcs a string", lambda a, t: ["--config", _recipe(t, "reward_funcs: [accuracy_reward, format_reward, "
+                                                                  "tag_count_reward]", "reward_funcs: accuracy_reward"),
+                                            *a[2:]],
+     r"reward_funcs: 'accuracy_reward': must be a non-empty list"),
+    # Reported before the data check: the empty data set never gets read.
+    ("unknown reward", lambda a, t: a + ["--reward_funcs", "acuracy_reward",
+                                         "--dataset_name", _file(t, "empty.jsonl", "")],
+     r"reward_funcs: unknown \['acuracy_reward'\]; known rewards are \[.*\], or give one by import path"),
+    ("reward import path", lambda a, t: a + ["--reward_funcs", "no_such_pkg.rewards:fn"],
+     r"reward_funcs: 'no_such_pkg.rewards:fn': cannot import module 'no_such_pkg.rewards'"),
+    ("reward import attribute", lambda a, t: a + ["--reward_funcs", "r1v_job.rewards:no_such_fn"],
+     r"module 'r1v_job.rewards' has no function 'no_such_fn'"),
+    ("missing config", lambda a, t: ["--config", str(t / "nope.yaml"), *a[2:]],
+     r"--config \S+nope.yaml: No such file or directory"),
+    ("config not YAML", lambda a, t: ["--config", _file(t, "broken.yaml", "max_steps: 2\nreward_funcs: [a\n"), *a[2:]],
+     r"--config \S+broken.yaml:\d+: not valid YAML"),
+    ("unknown recipe key", lambda a, t: ["--config", _recipe(t, "learning_rate:", "learning_rat:"), *a[2:]],
+     r"--config \S+recipe.yaml: unknown key\(s\) \['learning_rat'\]"),
+    ("unknown argument", lambda a, t: a + ["--lerning_rate", "1e-4"],
+     r"unknown argument\(s\) \['--lerning_rate', '1e-4'\]"),
+    ("bad value", lambda a, t: a + ["--max_steps", "abc"], r"argument --max_steps/--max-steps: invalid int value: 'abc'"),
+    ("missing dataset folder", lambda a, t: a + ["--dataset_name", "/data/datasets/clevr_cogen_a_train"],
+     r"dataset_name /data/datasets/clevr_cogen_a_train: no such file or folder"),
+    ("missing model folder", lambda a, t: a + ["--model_name_or_path", "/data/models/Qwen2-VL-2B-Instruct"],
+     r"model_name_or_path /data/models/Qwen2-VL-2B-Instruct: no such folder"),
+    ("broken resume checkpoint", lambda a, t: a + ["--resume_from_checkpoint", str(t)],
+     r"resume_from_checkpoint \S+: no trainer_state.json"),
+]
+
+
+@pytest.fixture
+def good_argv(tiny_model_dir, clevr_train, tmp_path):
+    out = tmp_path / "run"
+    return ["--config", str(SMOKE), "--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(clevr_train),
+            "--output_dir", str(out), "--offline_bootstrap", "false", "--max_steps", "2", "--save_steps", "1"], out
+
+
+def _assert_one_line(capsys, pattern):
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("r1v_job: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+@pytest.mark.parametrize("make, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(good_argv, tmp_path, capsys, make, expected):
+    argv, out = good_argv
+    assert main(make(argv, tmp_path)) == 2
+    _assert_one_line(capsys, expected)
+    assert not out.exists()  # no checkpoint, no marker, not even the folder
+
+
+def test_a_metrics_port_in_use_is_named(good_argv, capsys):
+    argv, out = good_argv
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(argv + ["--metrics_port", str(port)]) == 2
+    _assert_one_line(capsys, rf"metrics_port {port}: in use by another process; pick another port, or 0")
+    assert not out.exists()
+
+
+def test_the_traceback_comes_back_under_the_debug_flag(good_argv, capsys, monkeypatch):
+    argv, _ = good_argv
+    assert main(argv + ["--max_steps", "-5", "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "UsageError: max_steps -5" in err
+
+
+def test_preflight_only_checks_without_loading_a_model_or_writing(good_argv, capsys, monkeypatch):
+    argv, out = good_argv
+    import r1v_job.grpo as grpo
+
+    monkeypatch.setattr(grpo, "build_trainer", lambda *a, **k: pytest.fail("preflight_only built a trainer"))
+    assert main(argv + ["--preflight_only", "true"]) == 0
+    assert main(argv + ["--preflight_only", "true", "--reward_funcs", "nope"]) == 2
+    _assert_one_line(capsys, r"reward_funcs: unknown \['nope'\]")
+    assert not out.exists()
+
+
+def test_the_command_line_exits_2_with_one_line(good_argv):
+    argv, out = good_argv
+    result = subprocess.run([sys.executable, "-m", "r1v_job", *argv, "--max_steps", "-5"], cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "r1v_job: error: max_steps -5: must be a positive number of optimizer steps, or -1 to train "
+        "num_train_epochs epochs")
+    assert not out.exists()
