@@ -101,6 +101,11 @@ def _targets(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if type(m).__name__ in SUPPORTED]
 
 
+def vision_towers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The vision towers (`visual`) of the Qwen2-VL / Qwen2.5-VL models inside `model`."""
+    return [inner.visual for inner in _targets(model)]
+
+
 def enable_vision_dedup(model: torch.nn.Module) -> bool:
     """Encode each distinct image once per pass in `model` (any wrapper of a Qwen2-VL / Qwen2.5-VL).
     Returns False, changing nothing, for other architectures."""
