@@ -85,6 +85,9 @@ class R1VGRPOTrainer(GRPOTrainer):
             return super()._generate_and_score_completions(inputs)
 
 
+_warned_partial_groups: list = []
+
+
 @contextmanager
 def _shuffle_whole_groups(group: int):
     """Within the block, TRL's rollout shuffle before micro-batching permutes whole groups of `group`
@@ -96,8 +99,10 @@ def _shuffle_whole_groups(group: int):
     def shuffle_groups(batch: dict) -> dict:
         rows = len(next(v for v in batch.values() if v is not None))
         if rows % group:
-            logger.warning("group_micro_batches: %d rollouts are not whole groups of %d; shuffling single "
-                           "rollouts as TRL does", rows, group)
+            if not _warned_partial_groups:
+                _warned_partial_groups.append(rows)
+                logger.warning("group_micro_batches: %d rollouts per process are not whole groups of %d (a "
+                               "prompt's rollouts span processes); shuffling single rollouts as TRL does", rows, group)
             return shuffle(batch)
         order = (torch.randperm(rows // group)[:, None] * group + torch.arange(group)).flatten()
         return {key: value if value is None or (isinstance(value, torch.Tensor) and value.ndim == 0)
