@@ -26,17 +26,12 @@ _IMAGE_COLUMNS = ("image", "images")
 
 
 def images_decoded_on_use(dataset):
-    """`dataset` with its image column(s) left as raw {"bytes", "path"} (a schema change, no rewrite);
-    other datasets (iterable ones, image columns of paths or arrays) are returned as they are."""
-    if not isinstance(dataset, datasets.Dataset):
-        return dataset
-    for column in _IMAGE_COLUMNS:
-        feature = dataset.features.get(column)
-        if isinstance(feature, datasets.Image) and feature.decode:
-            dataset = dataset.cast_column(column, datasets.Image(decode=False))
-        elif isinstance(feature, (datasets.Sequence, datasets.List)) and isinstance(
-                getattr(feature, "feature", None), datasets.Image) and feature.feature.decode:
-            dataset = dataset.cast_column(column, type(feature)(datasets.Image(decode=False)))
+    """`dataset` with its `image` column (a datasets Image feature, as r1v_job.data makes it) left as raw
+    {"bytes", "path"}: a schema change, nothing is rewritten. Other datasets (iterable ones, lists of
+    images, paths or arrays) are returned as they are and decoded as before."""
+    feature = dataset.features.get("image") if isinstance(dataset, datasets.Dataset) else None
+    if isinstance(feature, datasets.Image) and feature.decode:
+        dataset = dataset.cast_column("image", datasets.Image(decode=False))
     return dataset
 
 

@@ -113,6 +113,7 @@ def one_step(model_dir, data, out, monkeypatch, *levers: str):
     trainer.train()
     monkeypatch.setattr(datasets.Image, "decode_example", decode)
     assert trainer.processing_class.image_processor is given_image_processor  # never replaced or rebuilt
+    assert "_process_images" not in vars(trainer.processing_class)  # the per-step cache is gone after the step
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return dict(recorder=recorder, losses=losses, decodes=len(decodes), trainer=trainer)
 
