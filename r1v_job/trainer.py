@@ -104,7 +104,10 @@ def _shuffle_whole_groups(group: int):
                 logger.warning("group_micro_batches: %d rollouts per process are not whole groups of %d (a "
                                "prompt's rollouts span processes); shuffling single rollouts as TRL does", rows, group)
             return shuffle(batch)
-        order = (torch.randperm(rows // group)[:, None] * group + torch.arange(group)).flatten()
+        # TRL's own draw, so the random stream after it (next steps' sampling) stays TRL's; the order in
+        # which groups first appear in a uniform permutation is a uniform order of the groups.
+        first_seen = dict.fromkeys((torch.randperm(rows) // group).tolist())
+        order = (torch.tensor(list(first_seen))[:, None] * group + torch.arange(group)).flatten()
         return {key: value if value is None or (isinstance(value, torch.Tensor) and value.ndim == 0)
                 else value[order] if isinstance(value, torch.Tensor) else [value[i] for i in order]
                 for key, value in batch.items()}

@@ -92,6 +92,9 @@ class Recorder(TrainerCallback):
             self.tower_calls.append((name, torch.is_grad_enabled(), [_digest(c) for c in chunks]))
         return hook
 
+    def on_step_end(self, args, state, control, **kwargs):
+        self.rng_after_step = torch.get_rng_state()
+
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         self.gradient = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -177,6 +180,8 @@ def test_group_micro_batches_hold_whole_groups_and_keep_the_gradient(runs):
     assert grouped["recorder"].completions == shuffled["recorder"].completions
     assert grouped["losses"] == pytest.approx(shuffled["losses"], abs=1e-7)
     assert _relative_gradient_error(grouped["recorder"].gradient, shuffled["recorder"].gradient) < 1e-6
+    # The group shuffle makes TRL's random draw, so later steps sample from the same random stream.
+    assert torch.equal(grouped["recorder"].rng_after_step, shuffled["recorder"].rng_after_step)
 
 
 def test_image_processor_runs_once_per_distinct_image_per_step(runs):
