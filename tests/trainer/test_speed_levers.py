@@ -41,6 +41,10 @@ class Recorder(TrainerCallback):
         self.gradient, self.forward_pixels, self.logps = None, [], {"policy": [], "reference": []}
         for name, model in (("policy", trainer.model), ("reference", trainer.ref_model)):
             model.model.visual.register_forward_pre_hook(self._tower(name), with_kwargs=True)
+        self.caches = set()  # KV-cache types the policy's forward was given (generation only)
+        trainer.model.register_forward_pre_hook(
+            lambda module, args, kwargs: self.caches.add(type(kwargs["cache"]).__name__) if kwargs.get("cache")
+            is not None else None, with_kwargs=True)
         image_processor = trainer.processing_class.image_processor
         preprocess = image_processor.preprocess
 
@@ -128,6 +132,7 @@ def runs(tiny_model_dir, clevr_train, tmp_path_factory):
         "no_dedup": ("--dedup_vision", "false"),
         "rollout_shuffle": ("--group_micro_batches", "false"),
         "no_image_once": ("--process_images_once", "false"),
+        "compile": ("--compile_generation", "true"),
     }
     with pytest.MonkeyPatch.context() as monkeypatch:
         return {name: one_step(tiny_model_dir, clevr_train, tmp_path_factory.mktemp(name), monkeypatch, *levers)
@@ -196,3 +201,15 @@ def test_image_processor_runs_once_per_distinct_image_per_step(runs):
     assert once["recorder"].completions == every["recorder"].completions
     assert once["losses"] == pytest.approx(every["losses"], abs=1e-7)
     assert _relative_gradient_error(once["recorder"].gradient, every["recorder"].gradient) < 1e-6
+
+
+def test_compile_generation_decodes_with_a_static_cache_and_the_same_completions(runs):
+    """What runs on the CPU: the static cache and TRL's generation config allowing compilation.
+    transformers compiles the decode step on CUDA only, so the compile itself is bench/gpu.sh's."""
+    static, default = runs["compile"], runs["default"]
+    assert static["recorder"].caches == {"StaticCache"} and default["recorder"].caches == {"DynamicCache"}
+    config = static["trainer"].generation_config
+    assert config.cache_implementation == "static" and config.disable_compile is False
+    assert default["trainer"].generation_config.disable_compile is True  # off by default: TRL's setting
+    assert static["recorder"].completions == default["recorder"].completions
+    assert _relative_gradient_error(static["recorder"].gradient, default["recorder"].gradient) < 1e-6
