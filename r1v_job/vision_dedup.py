@@ -21,7 +21,8 @@ The parameters, the state dict and every other method are untouched; `disable_vi
 from __future__ import annotations
 
 import logging
-from functools import wraps
+from itertools import accumulate
+from types import MethodType
 
 import torch
 
@@ -31,7 +32,6 @@ logger = logging.getLogger(__name__)
 # output with `pooler_output` split per image and `last_hidden_state` the tower's patch states.
 SUPPORTED = ("Qwen2VLModel", "Qwen2_5_VLModel")
 SAMPLES_PER_IMAGE = 64  # pixel values read per image for its fingerprint (then confirmed exactly)
-_ORIGINAL = "_r1v_original_get_image_features"
 
 
 def distinct_images(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> tuple[list[int], list[int]]:
@@ -39,9 +39,7 @@ def distinct_images(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) ->
     images are merged only when all their pixels and their grids are equal) and, for every image,
     the position of its representative in that list."""
     patches = image_grid_thw.prod(-1).tolist()
-    starts = [0]
-    for n in patches[:-1]:
-        starts.append(starts[-1] + n)
+    starts = [0, *accumulate(patches)]
     width = pixel_values.shape[-1]
     # One gather and one device->host copy for every fingerprint: SAMPLES_PER_IMAGE evenly spaced
     # values of each image's flattened patches.
@@ -69,32 +67,28 @@ def distinct_images(pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) ->
     return representatives, inverse
 
 
-def _deduplicated(original):
-    @wraps(original)
-    def get_image_features(pixel_values, image_grid_thw=None, **kwargs):
-        if (image_grid_thw is None or len(image_grid_thw) < 2 or kwargs.get("output_hidden_states")
-                or kwargs.get("output_attentions")):
-            return original(pixel_values, image_grid_thw, **kwargs)
-        representatives, inverse = distinct_images(pixel_values, image_grid_thw)
-        if len(representatives) == len(inverse):
-            return original(pixel_values, image_grid_thw, **kwargs)
-        patches = image_grid_thw.prod(-1).tolist()
-        starts = [sum(patches[:i]) for i in range(len(patches))]
-        unique_pixels = torch.cat([pixel_values[starts[i]:starts[i] + patches[i]] for i in representatives])
-        outputs = original(unique_pixels, image_grid_thw[representatives], **kwargs)
-        features = outputs.pooler_output  # per distinct image
-        outputs.pooler_output = tuple(features[j] for j in inverse)
-        if getattr(outputs, "last_hidden_state", None) is not None:
-            # The tower's patch states, back in the caller's layout (index_select: gradients add up).
-            unique_starts = [0]
-            for i in representatives[:-1]:
-                unique_starts.append(unique_starts[-1] + patches[i])
-            index = torch.cat([torch.arange(unique_starts[j], unique_starts[j] + patches[representatives[j]])
-                               for j in inverse]).to(outputs.last_hidden_state.device)
-            outputs.last_hidden_state = outputs.last_hidden_state.index_select(0, index)
-        return outputs
-
-    return get_image_features
+def _get_image_features_once(self, pixel_values, image_grid_thw=None, **kwargs):
+    """The model's get_image_features on the distinct images only, each one's features handed back at
+    every position it had (bound to one model instance by enable_vision_dedup)."""
+    original = type(self).get_image_features.__get__(self)
+    if (image_grid_thw is None or len(image_grid_thw) < 2 or kwargs.get("output_hidden_states")
+            or kwargs.get("output_attentions")):
+        return original(pixel_values, image_grid_thw, **kwargs)
+    representatives, inverse = distinct_images(pixel_values, image_grid_thw)
+    if len(representatives) == len(inverse):
+        return original(pixel_values, image_grid_thw, **kwargs)
+    patches = image_grid_thw.prod(-1).tolist()
+    starts = [0, *accumulate(patches)]
+    unique_pixels = torch.cat([pixel_values[starts[i]:starts[i + 1]] for i in representatives])
+    outputs = original(unique_pixels, image_grid_thw[representatives], **kwargs)
+    features = outputs.pooler_output  # per distinct image
+    outputs.pooler_output = tuple(features[j] for j in inverse)
+    if getattr(outputs, "last_hidden_state", None) is not None:
+        # The tower's patch states, back in the caller's layout (index_select: gradients add up).
+        unique_starts = [0, *accumulate(patches[i] for i in representatives)]
+        index = torch.cat([torch.arange(unique_starts[j], unique_starts[j + 1]) for j in inverse])
+        outputs.last_hidden_state = outputs.last_hidden_state.index_select(0, index.to(pixel_values.device))
+    return outputs
 
 
 def _targets(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -114,21 +108,11 @@ def enable_vision_dedup(model: torch.nn.Module) -> bool:
         logger.info("vision dedup: %s has no Qwen2-VL/Qwen2.5-VL vision model; left as it is", type(model).__name__)
         return False
     for inner in targets:
-        if _ORIGINAL in inner.__dict__:
-            continue
-        original = inner.get_image_features  # the class's method, bound to this instance
-        object.__setattr__(inner, _ORIGINAL, original)
-        object.__setattr__(inner, "get_image_features", _deduplicated(original))
+        # A bound method in the instance's __dict__: copy.deepcopy rebinds it to the copy.
+        inner.__dict__["get_image_features"] = MethodType(_get_image_features_once, inner)
     return True
 
 
 def disable_vision_dedup(model: torch.nn.Module) -> None:
     for inner in _targets(model):
-        if _ORIGINAL in inner.__dict__:
-            del inner.__dict__["get_image_features"]
-            del inner.__dict__[_ORIGINAL]
-
-
-def vision_dedup_enabled(model: torch.nn.Module) -> bool:
-    targets = _targets(model)
-    return bool(targets) and all(_ORIGINAL in m.__dict__ for m in targets)
+        inner.__dict__.pop("get_image_features", None)

@@ -69,3 +69,19 @@ def test_qwen2_5_vl_encodes_each_image_once_with_the_same_logits_and_gradients(q
 
 def test_models_without_a_qwen_vision_tower_are_left_alone():
     assert enable_vision_dedup(torch.nn.Linear(2, 2)) is False
+
+
+def test_a_deep_copy_encodes_with_its_own_tower(qwen25):
+    import copy
+
+    model, batch = qwen25
+    enable_vision_dedup(model)
+    try:
+        twin = copy.deepcopy(model)
+        with torch.no_grad():
+            for p in twin.model.visual.parameters():
+                p.add_(0.5)
+            assert not torch.equal(model(**batch).logits, twin(**batch).logits)
+        assert twin.model.get_image_features.__self__ is twin.model
+    finally:
+        disable_vision_dedup(model)
