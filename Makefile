@@ -37,9 +37,11 @@ smoke: setup
 demo: setup
 	$(PY) -m demo --out runs/demo $(if $(PUSHGATEWAY),--pushgateway $(PUSHGATEWAY))
 
-# CPU speed table of docs/performance.md (the GPU one: bash bench/gpu.sh on a GPU machine).
+# CPU speed table of docs/performance.md: each speed lever of issue 12 alone and combined, against TRL as it
+# was (levers=none) and R1-V's style, on CLEVR-sized scenes (the GPU table: bash bench/gpu.sh on a GPU
+# machine). About 5 minutes of CPU time.
 bench: setup
-	$(PY) -m bench --model tiny --recipe recipes/smoke_cpu.yaml --image-size 112x112 --threads 1 --steps 3 --warmup 1 --variants r1v ours ours:mb=32 ours:mb=128 --out runs/bench/cpu_tiny.json
+	$(PY) -m bench --model tiny --recipe recipes/smoke_cpu.yaml --image-size 480x320 --set max_pixels=401408 --threads 1 --steps 3 --warmup 1 --baseline ours:mb=16,levers=none --variants ours:mb=16,levers=none ours:mb=16,levers=dedup ours:mb=16,levers=dedup+group ours:mb=16,levers=images ours:mb=16 r1v:levers=none --out runs/bench/cpu_tiny.json
 
 # Both images from the repo root; tags default to pyproject's version (= the chart's appVersion).
 images:

@@ -40,6 +40,14 @@ def _commit() -> str | None:
     return head.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
 
 
+def _cpu_model() -> str | None:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or None
+    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), None)
+
+
 def parse_cli(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny",
@@ -47,8 +55,8 @@ def parse_cli(argv: list[str] | None = None) -> argparse.Namespace:
                              "folder")
     parser.add_argument("--recipe", default="recipes/smoke_cpu.yaml", help="trainer recipe YAML the variants start from")
     parser.add_argument("--variants", nargs="+", default=["ours", "r1v"],
-                        help="style[:options], style r1v or ours; options mb=N, rounds=N, gc, liger, warmup=N, steps=N, "
-                             "field=value (see bench.harness.Variant)")
+                        help="style[:options], style r1v or ours; options mb=N, rounds=N, gc, liger, levers=a+b|all|none, "
+                             "warmup=N, steps=N, field=value (see bench.harness.Variant)")
     parser.add_argument("--baseline", default=None,
                         help="variant the speed-ups are relative to (default: the first r1v-style one)")
     parser.add_argument("--prompts", type=int, default=16, help="prompts per optimizer step")
@@ -73,11 +81,12 @@ def parse_cli(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 COLUMNS = [  # header, summary key, format
-    ("variant", None, "{}"), ("s/step", "step_s", "{:.2f}"), ("rollouts/s", "rollouts_per_s", "{:.1f}"),
-    ("speed-up", None, "{:.2f}x"), ("gen calls", "generate_calls", "{}"), ("gen s", "generation", "{:.2f}"),
+    ("variant", None, "{}"), ("s/step", "step_s", "{:.2f}"), ("CPU s/step", "cpu_s", "{:.2f}"),
+    ("CPU vs base", None, "{:.2f}x"), ("rollouts/s", "rollouts_per_s", "{:.1f}"), ("speed-up", None, "{:.2f}x"), ("gen calls", "generate_calls", "{}"), ("gen s", "generation", "{:.2f}"),
     ("gen speed-up", None, "{:.2f}x"),
     ("ref s", "ref_logps", "{:.2f}"), ("fwd s", "policy_forward", "{:.2f}"), ("bwd s", "backward", "{:.2f}"),
-    ("opt s", "optimizer", "{:.2f}"), ("other s", "other", "{:.2f}"), ("gen tok/s", "generation_tokens_per_s", "{:.0f}"),
+    ("opt s", "optimizer", "{:.2f}"), ("other s", "other", "{:.2f}"), ("images encoded", "vision_images", "{}"),
+    ("gen tok/s", "generation_tokens_per_s", "{:.0f}"),
     ("tok/s", "generated_tokens_per_s", "{:.0f}"), ("peak GiB", None, "{:.2f}"), ("TFLOP/step", "tflop_per_step", "{:.2f}"),
     ("MFU", "mfu", "{:.1%}"),
 ]
@@ -95,6 +104,7 @@ def table(results: list[dict]) -> str:
         cells = []
         for header, key, fmt in COLUMNS:
             value = {"variant": result["variant"], "speed-up": result.get("speedup"),
+                     "CPU vs base": result.get("cpu_ratio"),
                      "gen speed-up": result.get("generation_speedup"),
                      "peak GiB": (result.get("peak_memory_bytes") or 0) / 2**30}.get(header, summary.get(key))
             cells.append("-" if value is None else fmt.format(value))
@@ -133,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
         "completion_length": args.completion_length, "image_size": f"{width}x{height}",
         "steps": args.steps, "warmup": args.warmup, "baseline": args.baseline,
         "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "cpu_model": _cpu_model(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "trl": _version("trl"),
                      "liger_kernel": _version("liger-kernel")},
@@ -165,7 +176,9 @@ def main(argv: list[str] | None = None) -> dict:
         # Written after every variant: a run cut short still leaves the figures it got.
         args.out.write_text(json.dumps(report, indent=2))
 
-    print(f"\n{report['device']}; {args.prompts} prompts x {args.generations} rollouts, {args.completion_length}-token "
+    versions = ", ".join(f"{name} {version}" for name, version in report["versions"].items() if version)
+    print(f"\n{report['device']} ({report['cpu_model']}); {versions}; commit {report['commit']}")
+    print(f"{args.prompts} prompts x {args.generations} rollouts, {args.completion_length}-token "
           f"completions, median of {args.steps} step(s) after {args.warmup} warm-up unless a variant says otherwise; "
           f"speed-up = rollouts/s (gen speed-up: rollouts/s of the generation phase) vs {args.baseline}\n")
     print(table(results))
@@ -178,6 +191,9 @@ def _add_speedups(results: list[dict], baseline_name: str) -> None:
     for result in results:
         if baseline and "summary" in result:
             result["speedup"] = result["summary"]["rollouts_per_s"] / baseline["summary"]["rollouts_per_s"]
+            # Process CPU time per rollout against the baseline's (all threads; < 1 = less CPU work).
+            result["cpu_ratio"] = ((result["summary"]["cpu_s"] / result["summary"]["rollouts"])
+                                   / (baseline["summary"]["cpu_s"] / baseline["summary"]["rollouts"]))
             result["generation_speedup"] = (result["summary"]["generation_rollouts_per_s"]
                                             / baseline["summary"]["generation_rollouts_per_s"])
 

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# GPU figures for issue 6, in one command: the Qwen2-VL-2B-Instruct architecture with random weights,
-# bf16, sdpa, one GPU, 16 prompts x 8 rollouts (128 per optimizer step), completions pinned to 64
-# tokens, 480x320 CLEVR-like scenes (187 visual tokens each). R1-V-style generation against TRL's
-# batched generation, then the variants TRL offers. About 5-6 minutes on one H100 or H200.
+# GPU figures for issues 6 and 12, in one command: the Qwen2-VL-2B-Instruct architecture with random
+# weights, bf16, sdpa, one GPU, 16 prompts x 8 rollouts (128 per optimizer step), completions pinned
+# to 64 tokens, 480x320 CLEVR-like scenes (187 visual tokens each), the seed recipe's micro-batch of
+# 16. The R1-V-style baseline, then each speed lever of issue 12 alone and combined. About 7-8
+# minutes on one H100 or H200 (variants still waiting after 6 minutes are skipped).
 #
 #   bash bench/gpu.sh                 # on the lent GPU machine, from the repo root; results in $OUT
 #   bash bench/gpu.sh --cpu-dry-run   # anywhere: the same steps on a shrunken 2B config, on the CPU
 #
 # Writes $OUT/bench_qwen2vl_2b.json (every figure, per step), $OUT/bench_qwen2vl_2b.log (the table).
 # Not measured: vLLM colocate (its wheels are too big to carry to the machine), flash-attention (not
-# installed there), torch_compile (compiling a 2B model per padded shape would take the whole budget).
+# installed there), TRL's torch_compile of the training passes (one compile per padded shape would take
+# the whole budget). The compiled decode (levers=...+compile) is measured, its compile in warm-up steps.
 set -euo pipefail
 
 DRY_RUN=0
@@ -44,8 +46,8 @@ else
   PY=python3
   WORK=/tmp/bench
   MODEL=bench/configs/qwen2vl_2b.json
-  # Variants still waiting after 4.5 minutes are skipped, so the run ends inside ~6 minutes.
-  LENGTH=64; STEPS=2; WARMUP=1; BUDGET=270
+  # Variants still waiting after 6 minutes are skipped, so the run ends inside ~8 minutes.
+  LENGTH=64; STEPS=2; WARMUP=1; BUDGET=360
   EXTRA=()
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv | tee "$OUT/nvidia-smi.csv" || true
 fi
@@ -67,16 +69,24 @@ print(f"python {sys.version.split()[0]}, torch {torch.__version__}, transformers
       f"cuda {torch.cuda.is_available() and torch.cuda.get_device_name()}", flush=True)
 EOF
 
-# Variant order: the figures the issue asks for first (ours, then the R1-V baseline: one long step
-# after the first variant has warmed the GPU), then the memory-hungry ones, which may run out of memory.
-#   ours            TRL: one batched generate for the step's 128 rollouts; micro-batches of 8 (the recipe's)
-#   r1v             R1-V: per micro-step 1 prompt, generate(num_return_sequences=8), 16 micro-steps
-#   ours:mb=16      micro-batches of 16 rollouts (8 micro-steps)
-#   ours:mb=32,gc   32 rollouts per micro-batch with gradient checkpointing (4 micro-steps)
-#   ours:mb=16,liger  TRL's use_liger_kernel (Liger RMSNorm/SwiGLU/RoPE kernels), when liger-kernel imports
-#   ours:mb=128,gc  the whole step in one micro-batch, gradient checkpointing
+# Variant order: the figures issue 12 asks for first, so a run cut short still has them. `levers=`
+# switches the named levers on and the others off (bench.harness.LEVERS); without it the recipe's
+# defaults hold (dedup, group and images on, compile off). mb=16: the recipe's micro-batch.
+#   ours:levers=none      TRL as it was before issue 12: every rollout's image copy encoded, rollouts
+#                         shuffled singly into micro-batches, every prefetched row decoded, the image
+#                         processor on all 128 copies twice (the 8.91 s/step of docs/performance.md)
+#   r1v:levers=none       R1-V: per micro-step 1 prompt, generate(num_return_sequences=8), 16 micro-steps
+#   ours                  the recipe's defaults: dedup + group + images
+#   ours:levers=all,...   + the compiled static-cache decode; 2 unmeasured warm-up steps hold the compile
+#   ours:levers=dedup     vision dedup alone (TRL's single-rollout shuffle: ~10 images per micro-batch)
+#   ours:levers=dedup+group   + whole groups per micro-batch (2 images per micro-batch of 16)
+#   ours:levers=images    CPU image work once per distinct image, alone
+#   ours:levers=compile,warmup=2   the compiled decode alone
+#   ours:mb=128           the defaults with the whole step in one micro-batch (dedup cut the activations)
 "$PY" -m bench --model "$MODEL" --recipe recipes/r1v_qwen2vl_2b_clevr.yaml \
   --prompts 16 --generations 8 --completion-length "$LENGTH" --image-size 480x320 \
-  --steps "$STEPS" --warmup "$WARMUP" --time-budget "$BUDGET" \
-  --variants ours r1v:warmup=0,steps=1 ours:mb=16 ours:mb=32,gc ours:mb=16,liger ours:mb=128,gc \
+  --steps "$STEPS" --warmup "$WARMUP" --time-budget "$BUDGET" --baseline r1v:levers=none,warmup=0,steps=1 \
+  --variants ours:mb=16,levers=none r1v:levers=none,warmup=0,steps=1 ours:mb=16 ours:mb=16,levers=all,warmup=2 \
+    ours:mb=16,levers=dedup ours:mb=16,levers=dedup+group ours:mb=16,levers=images \
+    ours:mb=16,levers=compile,warmup=2 ours:mb=128 \
   --workdir "$WORK" --out "$OUT/bench_qwen2vl_2b.json" "${EXTRA[@]}" 2>&1 | tee "$OUT/bench_qwen2vl_2b.log"

@@ -17,9 +17,15 @@ import yaml
 from transformers import TrainerCallback
 
 from r1v_job.grpo import build_trainer, parse_args
+from r1v_job.vision_dedup import vision_towers
 
 PHASES = ("generation", "ref_logps", "old_logps", "policy_forward", "backward", "optimizer")
-COUNTS = ("generate_calls", "rollouts", "prompt_tokens", "completion_tokens", "image_patches")
+COUNTS = ("generate_calls", "rollouts", "prompt_tokens", "completion_tokens", "image_patches",
+          "sequence_tokens_squared", "vision_images")
+
+# The speed levers of issue 12 (recipe switches in r1v_job.config), for `levers=` in a variant.
+LEVERS = {"dedup": "dedup_vision", "group": "group_micro_batches", "images": "process_images_once",
+          "compile": "compile_generation"}
 
 # Dense bf16 tensor-core peaks (no sparsity), by a substring of torch.cuda.get_device_name().
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
@@ -34,7 +40,9 @@ class Variant:
     prompt of the optimizer step). Options: `mb=N` rollouts per micro-batch (default G, R1-V's 1
     prompt x G per device), `rounds=N` generate calls per optimizer step (default 1; TRL's
     steps_per_generation is then micro-steps / N), `gc` gradient
-    checkpointing, `liger` Liger kernels, `warmup=N` / `steps=N` for this variant only, or any
+    checkpointing, `liger` Liger kernels, `warmup=N` / `steps=N` for this variant only,
+    `levers=` the speed levers switched on, all others off (`none`, `all`, or names from LEVERS joined
+    by `+`, e.g. `levers=dedup+group`; without it the recipe's defaults hold), or any
     `recipe_field=value` (YAML value).
     """
 
@@ -64,11 +72,17 @@ class Variant:
                 variant.overrides["gradient_checkpointing"] = True
             elif key == "liger":
                 variant.overrides["use_liger_kernel"] = True
+            elif key == "levers":
+                names = set(LEVERS) if value == "all" else set() if value == "none" else set(value.split("+"))
+                if names - set(LEVERS):
+                    raise ValueError(f"variant {spec!r}: unknown lever(s) {sorted(names - set(LEVERS))}; "
+                                     f"known: {', '.join(LEVERS)}, all, none")
+                variant.overrides.update({field: name in names for name, field in LEVERS.items()})
             elif value:
                 variant.overrides[key] = yaml.safe_load(value)
             else:
-                raise ValueError(f"variant {spec!r}: option {option!r} is not mb=, rounds=, gc, liger, warmup=, "
-                                 f"steps= or field=value")
+                raise ValueError(f"variant {spec!r}: option {option!r} is not mb=, rounds=, gc, liger, levers=, "
+                                 f"warmup=, steps= or field=value")
         if style == "r1v" and (variant.micro_batch is not None or variant.generation_rounds != 1):
             raise ValueError(f"variant {spec!r}: r1v fixes the micro-batch at one prompt's G rollouts")
         return variant
@@ -106,7 +120,8 @@ class PhaseTimer(TrainerCallback):
         self.steps: list[dict] = []
         self._phases: dict = defaultdict(float)
         self._counts: dict = defaultdict(int)
-        self._step_start = self._optimizer_start = None
+        self._step_start = self._optimizer_start = self._cpu_start = None
+        self.vision = None  # parameter_split's vision part, set by instrument
 
     @contextmanager
     def phase(self, name: str):
@@ -118,7 +133,12 @@ class PhaseTimer(TrainerCallback):
             self.sync()
             self._phases[name] += time.perf_counter() - start
 
-    def instrument(self, trainer, style: str) -> None:
+    def instrument(self, trainer, style: str, params: dict) -> None:
+        self.vision = params
+        # What the vision towers actually encode (after any dedup), for the FLOP count.
+        for model in (trainer.model, trainer.ref_model):
+            for tower in vision_towers(model) if model is not None else ():
+                tower.register_forward_pre_hook(self._count_vision, with_kwargs=True)
         generate = trainer._generate_single_turn
         if style == "r1v":
             generate = r1v_generation(trainer, generate)
@@ -132,6 +152,8 @@ class PhaseTimer(TrainerCallback):
             self._counts["rollouts"] += len(completion_ids)
             self._counts["prompt_tokens"] += sum(len(ids) for ids in prompt_ids)
             self._counts["completion_tokens"] += sum(len(ids) for ids in completion_ids)
+            self._counts["sequence_tokens_squared"] += sum((len(p) + len(c)) ** 2
+                                                           for p, c in zip(prompt_ids, completion_ids))
             grid = multimodal_fields.get("image_grid_thw")
             if grid is not None:
                 self._counts["image_patches"] += int(torch.as_tensor(grid).prod(-1).sum())
@@ -164,9 +186,19 @@ class PhaseTimer(TrainerCallback):
         trainer.accelerator.backward = timed_backward
         trainer._clip_grad_norm = timed_clip
 
+    def _count_vision(self, module, args, kwargs):
+        grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+        if grid is None:
+            return
+        flops = vision_forward_flops(grid.prod(-1).tolist(), self.vision)
+        # A pass with grad also runs the tower's backward: 2 more forward-equivalents.
+        self._counts["vision_flops"] += flops * (3 if torch.is_grad_enabled() else 1)
+        self._counts["vision_images"] += len(grid)
+
     def on_train_begin(self, args, state, control, **kwargs):
         self.sync()
         self._step_start = time.perf_counter()
+        self._cpu_start = time.process_time()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.sync()
@@ -178,13 +210,14 @@ class PhaseTimer(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.sync()
-        now = time.perf_counter()
-        step = {"step_s": now - self._step_start, **{p: self._phases.get(p, 0.0) for p in PHASES},
-                **{c: self._counts.get(c, 0) for c in COUNTS}}
+        now, cpu = time.perf_counter(), time.process_time()
+        step = {"step_s": now - self._step_start, "cpu_s": cpu - self._cpu_start,
+                **{p: self._phases.get(p, 0.0) for p in PHASES},
+                **{c: self._counts.get(c, 0) for c in COUNTS}, "vision_flops": self._counts.get("vision_flops", 0)}
         step["other"] = step["step_s"] - sum(step[p] for p in PHASES)
         self.steps.append(step)
         self._phases, self._counts = defaultdict(float), defaultdict(int)
-        self._step_start = now
+        self._step_start, self._cpu_start = now, cpu
 
 
 def _one_row(fields: dict, row: int, rows: int) -> dict:
@@ -231,30 +264,65 @@ def r1v_generation(trainer, generate):
 
 
 def parameter_split(model) -> dict:
-    """Parameters by the part of the FLOP count they enter: decoder blocks, LM head, vision tower."""
-    vision = embed = total = 0
+    """Parameters by the part of the FLOP count they enter (decoder blocks, LM head, vision tower and its
+    patch merger), and the shapes attention FLOPs depend on."""
+    vision = merger = embed = total = 0
     for name, p in model.named_parameters():  # tied weights are listed once
         total += p.numel()
         if "visual" in name:
             vision += p.numel()
+            merger += p.numel() if ".merger." in name else 0
         elif "embed_tokens" in name or "lm_head" in name:
             embed += p.numel()
     text = model.config.get_text_config()
     head = text.vocab_size * text.hidden_size
-    return {"total": total, "vision": vision, "decoder": total - vision - embed, "lm_head": head}
+    split = {"total": total, "vision": vision, "merger": merger, "decoder": total - vision - embed, "lm_head": head,
+             "text_layers": text.num_hidden_layers,
+             "text_attention_dim": text.num_attention_heads * (getattr(text, "head_dim", None)
+                                                               or text.hidden_size // text.num_attention_heads)}
+    vision_config = getattr(model.config, "vision_config", None)
+    if vision_config is not None:
+        depth = vision_config.depth
+        full = getattr(vision_config, "fullatt_block_indexes", None)  # Qwen2.5-VL: window attention elsewhere
+        merge = vision_config.spatial_merge_size
+        window = (getattr(vision_config, "window_size", 0) // (vision_config.patch_size * merge)) ** 2 * merge ** 2
+        split.update({"vision_dim": getattr(vision_config, "embed_dim", None) or vision_config.hidden_size,
+                      "vision_full_layers": depth if full is None else len(full),
+                      "vision_window_layers": 0 if full is None else depth - len(full),
+                      "vision_window_patches": window, "merge_patches": merge ** 2})
+    return split
+
+
+def vision_forward_flops(patches: list[int], params: dict) -> float:
+    """One vision-tower forward over images of `patches` patches each: every weight but the patch
+    merger's once per patch, the merger's once per merged token (merge_patches patches), and the
+    attention scores and weighted sums (QK^T and AV: 4 x dim x keys per query) within each image
+    (Qwen2.5-VL: within windows of vision_window_patches on its window layers)."""
+    if not patches or "vision_dim" not in params:
+        return 0.0
+    total = sum(patches)
+    weights = 2 * (params["vision"] - params["merger"]) * total + 2 * params["merger"] * total / params["merge_patches"]
+    full_keys = sum(n * n for n in patches)
+    window_keys = sum(n * min(n, params["vision_window_patches"] or n) for n in patches)
+    attention = 4 * params["vision_dim"] * (params["vision_full_layers"] * full_keys
+                                             + params["vision_window_layers"] * window_keys)
+    return weights + attention
 
 
 def step_flops(step: dict, params: dict, passes: float) -> float:
-    """Model FLOPs of one step: `passes` forward-equivalents over every rollout (see docs/performance.md).
+    """Model FLOPs of one step: `passes` forward-equivalents of the language model over every rollout,
+    plus what the vision towers encoded (see docs/performance.md).
 
-    A forward over the step's rollouts costs 2 x decoder params x (prompt + completion tokens)
-    + 2 x LM-head params x completion tokens (TRL and generate only project the scored / sampled
-    positions) + 2 x vision params x image patches. Attention scores (~2-3% at ~300 tokens) are left out.
+    A language-model forward over the step's rollouts costs 2 x decoder params x (prompt + completion
+    tokens) + 2 x LM-head params x completion tokens (TRL and generate only project the scored /
+    sampled positions) + causal attention, 2 x layers x attention dim x (sequence length)^2 per
+    rollout. The vision part counts the images each tower forward received (so an image encoded once
+    for 8 rollouts is charged once), times 3 for passes with a backward (vision_forward_flops).
     """
     tokens = step["prompt_tokens"] + step["completion_tokens"]
-    forward = 2 * (params["decoder"] * tokens + params["lm_head"] * step["completion_tokens"]
-                   + params["vision"] * step["image_patches"])
-    return passes * forward
+    attention = 2 * params["text_layers"] * params["text_attention_dim"] * step["sequence_tokens_squared"]
+    forward = 2 * (params["decoder"] * tokens + params["lm_head"] * step["completion_tokens"]) + attention
+    return passes * forward + step.get("vision_flops", 0)
 
 
 def _peak_tflops(device: torch.device, override: float | None) -> float | None:
@@ -294,7 +362,7 @@ def summarize(steps: list[dict], params: dict, beta: float, peak_tflops: float |
     flops = step_flops(median, params, passes)
     step_s, gen_s = median["step_s"], median["generation"]
     return {
-        **{key: median[key] for key in ("step_s", *PHASES, "other")},
+        **{key: median[key] for key in ("step_s", "cpu_s", *PHASES, "other")},
         **{key: int(median[key]) for key in COUNTS},
         "rollouts_per_s": median["rollouts"] / step_s,
         "generated_tokens_per_s": median["completion_tokens"] / step_s,
@@ -344,11 +412,11 @@ def run_variant(variant: Variant, recipe: dict, *, model_dir: Path, dataset: Pat
         device = trainer.accelerator.device
         timer = PhaseTimer(device)
         trainer.add_callback(timer)
-        timer.instrument(trainer, variant.style)
         params = parameter_split(trainer.model)
+        timer.instrument(trainer, variant.style, params)
         settings = {key: fields.get(key) for key in (
             "per_device_train_batch_size", "gradient_accumulation_steps", "steps_per_generation",
-            "gradient_checkpointing", "use_liger_kernel", "bf16", "dtype", "beta")}
+            "gradient_checkpointing", "use_liger_kernel", "bf16", "dtype", "beta", *LEVERS.values())}
         settings["attn_implementation"] = trainer.model.config._attn_implementation
         try:
             _reset_peak_memory(device)

@@ -75,6 +75,29 @@ class R1VScriptArguments(ScriptArguments):
                           "horizon (max_steps, or num_train_epochs when max_steps is -1). R1-V's claim is at "
                           "step 100 of a linear schedule over 8,750 steps. Default: train to the horizon."},
     )
+    # Speed levers (issue 12; docs/performance.md has what each saves). None changes the algorithm.
+    dedup_vision: bool = field(
+        default=True,
+        metadata={"help": "Run the vision tower once per distinct image per pass (generation prefill, reference, "
+                          "policy) and share its features among the image's rollouts; same values and gradients. "
+                          "Qwen2-VL and Qwen2.5-VL (r1v_job.vision_dedup); other models run unchanged."},
+    )
+    group_micro_batches: bool = field(
+        default=True,
+        metadata={"help": "Shuffle whole groups of num_generations rollouts, not single rollouts, before cutting "
+                          "micro-batches, so each micro-batch holds whole groups (few distinct images). Same "
+                          "gradient with loss_type grpo or dapo and equal micro-batches."},
+    )
+    process_images_once: bool = field(
+        default=True,
+        metadata={"help": "Decode only the dataset rows TRL uses, each distinct image once, and run the image "
+                          "processor once per distinct image per step; same pixel values (r1v_job.image_work)."},
+    )
+    compile_generation: bool = field(
+        default=False,
+        metadata={"help": "Generate with a static KV cache and let transformers compile the decode step (CUDA "
+                          "only; TRL disables it). Opt-in until measured: bench/gpu.sh measures it."},
+    )
 
 
 def last_step(max_steps: int, stop_at_step: int | None) -> int:

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from bench.harness import Variant
+from bench.harness import LEVERS, Variant, parameter_split, vision_forward_flops
 from bench.models import CONFIG_2B, prepare_model, random_model_config
 from r1v_job.tiny import build_tokenizer
 
@@ -32,6 +32,48 @@ def test_variant_batch_arithmetic():
         Variant.parse("r1v:mb=32")
     with pytest.raises(ValueError):
         Variant.parse("fast")
+
+
+def test_levers_switch_the_recipe_fields_on_and_the_rest_off():
+    assert Variant.parse("ours:levers=dedup+group").overrides == {
+        "dedup_vision": True, "group_micro_batches": True, "process_images_once": False, "compile_generation": False}
+    assert set(Variant.parse("ours:levers=all").overrides.values()) == {True}
+    assert set(Variant.parse("r1v:levers=none").overrides.values()) == {False}
+    assert Variant.parse("ours").overrides == {}  # the recipe's defaults
+    with pytest.raises(ValueError, match="unknown lever"):
+        Variant.parse("ours:levers=dedup+fast")
+
+
+def test_lever_fields_exist_in_the_recipe_arguments():
+    from dataclasses import fields
+
+    from r1v_job.config import R1VScriptArguments
+
+    assert set(LEVERS.values()) <= {f.name for f in fields(R1VScriptArguments)}
+
+
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl"])
+def test_vision_flop_formula_matches_torchs_flop_counter(tmp_path, arch):
+    """The merger on merged tokens, attention within each image (Qwen2.5-VL: within windows) - checked
+    against torch's own count of the tower's matmuls and convolutions (eager attention, so the score
+    and weighted-sum matmuls are counted too)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import AutoModelForImageTextToText
+
+    from r1v_job.tiny import save_tiny_model
+
+    model = AutoModelForImageTextToText.from_pretrained(save_tiny_model(tmp_path / arch, arch=arch),
+                                                        attn_implementation="eager")
+    params = parameter_split(model)
+    grid = torch.tensor([[1, 8, 8], [1, 8, 12], [1, 16, 16]])
+    patches = grid.prod(-1).tolist()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.model.visual(torch.randn(sum(patches), 1176), grid_thw=grid)
+    counted = counter.get_total_flops()
+    assert vision_forward_flops(patches, params) == pytest.approx(counted, rel=0.02)
+    # The earlier formula (every vision weight once per patch, no attention) was off by more.
+    assert 2 * params["vision"] * sum(patches) != pytest.approx(counted, rel=0.02)
 
 
 def test_2b_config_has_the_real_sizes_and_the_tokenizers_ids():
@@ -91,7 +133,11 @@ def test_harness_measures_one_step_of_each_style(tmp_path, tiny_model_dir):
         assert summary["generate_calls"] == calls  # one batched call against one per prompt
         assert summary["rollouts"] == 4
         assert summary["completion_tokens"] == 4 * 4  # min_new_tokens pins every completion's length
-        for key in ("step_s", "generation", "ref_logps", "policy_forward", "backward", "optimizer",
+        # Vision dedup is on (the default): each prompt's image is encoded once per pass. Per step:
+        # generation 2 (r1v: one call per prompt, 1 each), reference 2 and policy 2 (ours: 2 rollouts
+        # of one prompt per micro-batch of 2; r1v: 1 prompt per micro-step).
+        assert summary["vision_images"] == 6
+        for key in ("step_s", "cpu_s", "generation", "ref_logps", "policy_forward", "backward", "optimizer",
                     "rollouts_per_s", "generated_tokens_per_s", "generation_tokens_per_s", "tflop_per_step"):
             assert summary[key] > 0, key
         assert result["peak_memory_bytes"] > 0 and result["speedup"] > 0
