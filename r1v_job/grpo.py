@@ -215,7 +215,11 @@ def run(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: 
 
 
 class _Parser(TrlParser):
-    """TrlParser whose errors are one line (argparse's own prints the usage of ~300 options)."""
+    """TrlParser whose errors are one line (argparse's own prints the usage of ~300 options), and
+    that takes no abbreviations: argparse would read a misspelt `--learning_rat` as `--learning_rate`."""
+
+    def __init__(self, dataclass_types, **kwargs):
+        super().__init__(dataclass_types, allow_abbrev=False, **kwargs)
 
     def error(self, message):
         raise UsageError(message)
