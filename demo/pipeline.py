@@ -56,9 +56,13 @@ def recipe_args(overrides: dict) -> list[str]:
 def read_recipe(overrides: dict):
     """The GRPO recipe with `overrides`, read by the trainer's own parser (TrlParser): a bad field
     or value fails here, before any work, as it would in the trainer."""
+    import warnings
+
     from r1v_job.grpo import parse_args
 
-    return parse_args(recipe_args(overrides))
+    with warnings.catch_warnings():  # transformers' deprecation notes belong to the trainer's log, not here
+        warnings.simplefilter("ignore", FutureWarning)
+        return parse_args(recipe_args(overrides))
 
 
 def grpo_plan(cfg: DemoConfig) -> dict:
@@ -181,8 +185,10 @@ class SeedPipeline:
         ]
 
 
-# Longest first when a core frees up: GRPO is the critical path of every seed.
-PRIORITY = {"grpo": 0, "start": 1, "controls": 2, "score_grpo": 3}
+# When a core frees up, the stage with the longest chain behind it goes first: a seed's start unlocks
+# its GRPO run (the longest stage) and its controls. (GRPO first left the last seed's start waiting
+# until two GRPO runs had finished, and that seed's chain then ran alone on one core.)
+PRIORITY = {"start": 0, "grpo": 1, "controls": 2, "score_grpo": 3}
 
 
 class Runner:
