@@ -106,7 +106,10 @@ def test_per_seed_rows_means_intervals_and_plot(quick_run):
     for m in summary["means"]:
         values = [100 * next(r["accuracy"] for r in per["rows"] if (r["model"], r["split"], r["prompt"]) ==
                              (m["model"], m["split"], m["prompt"])) for per in summary["per_seed"]]
-        assert m["accuracy"] == pytest.approx(mean_ci(values))
+        expected = mean_ci(values)
+        assert m["accuracy"]["values"] == pytest.approx(values)
+        assert m["accuracy"]["mean"] == pytest.approx(expected["mean"])
+        assert m["accuracy"]["ci95"] == pytest.approx(expected["ci95"])
     for h in summary["headline"]:
         acc = [{(r["model"]): r["accuracy"] for r in per["rows"] if r["split"] == "heldout" and r["prompt"] == h["prompt"]}
                for per in summary["per_seed"]]

@@ -91,3 +91,11 @@ def test_start_stage_never_opens_the_heldout_split(tmp_path, monkeypatch):
     assert any(p.startswith(str(L.scenes.dev.parent.resolve())) for p in during_start), "the dev split was not read"
     assert (L.start / "model.safetensors").is_file()
     assert not [p for p in during_start if p.startswith(str(heldout))]
+
+
+def test_mean_ci_is_the_two_sided_95_percent_t_interval():
+    from demo.report import mean_ci
+
+    stat = mean_ci([1.0, 2.0, 3.0])  # mean 2, sd 1, t(2) = 4.303
+    assert stat["mean"] == 2.0 and stat["ci95"] == pytest.approx([2 - 4.303 / 3 ** 0.5, 2 + 4.303 / 3 ** 0.5])
+    assert mean_ci([5.0])["ci95"] is None
