@@ -32,8 +32,9 @@ test: setup tools
 smoke: setup
 	$(PY) -m r1v_job --config recipes/smoke_cpu.yaml
 
-# Miniature R1-V on 2 CPU cores (about 5.5 min): warm-up SFT, GRPO via r1v_job, two SFT controls, eval_job
-# scores, table and plot in runs/demo/. PUSHGATEWAY=http://host:9091 also pushes the scores.
+# Miniature R1-V on 2 CPU cores, three seeds (18-34 min on a shared machine, docs/demo.md): warm-up
+# SFT until the dev split counts, GRPO via r1v_job, two SFT controls, eval_job scores, table (means and
+# 95% intervals) and plot in runs/demo/. PUSHGATEWAY=http://host:9091 also pushes the scores.
 demo: setup
 	$(PY) -m demo --out runs/demo $(if $(PUSHGATEWAY),--pushgateway $(PUSHGATEWAY))
 

@@ -1,4 +1,5 @@
-"""`python -m demo [--out runs/demo] [--pushgateway URL] [--quick] [--seed N] [--set field=value ...]`
+"""`python -m demo [--out runs/demo] [--seeds 0,1,2] [--threads N] [--workers N] [--pushgateway URL]
+[--quick] [--set field=value ...]`
 
 Miniature R1-V on a laptop: see demo/pipeline.py for the stages and docs/demo.md for the results.
 """
@@ -12,32 +13,49 @@ from dataclasses import replace
 
 import yaml
 
-from demo.pipeline import FULL, QUICK, run_demo
+from demo.config import FULL, QUICK
+from demo.pipeline import run_demo
 
 
 def _override(text: str) -> tuple[str, object]:
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"--set {text!r}: expected FIELD=VALUE (a recipes/demo_cpu.yaml field)")
-    return name.lstrip("-"), yaml.safe_load(value)  # YAML typing, as in the recipe itself
+    return name.lstrip("-"), yaml.safe_load(value)  # typed as a YAML value; the trainer's parser checks it
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected distinct integers, e.g. 0,1,2")
+    return seeds
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="demo", description="Miniature R1-V: GRPO vs SFT on synthetic counting scenes, "
-                                "scored out of distribution.")
+                                "scored out of distribution, over several seeds.")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--seeds", type=_seeds, help=f"comma-separated seeds (default: {','.join(map(str, FULL.seeds))})")
+    p.add_argument("--threads", type=int, help=f"intra-op threads per process (default: {FULL.threads})")
+    p.add_argument("--workers", type=int, help=f"stage processes side by side (default: {FULL.workers})")
     p.add_argument("--pushgateway", metavar="URL", help="push the scores to this Pushgateway")
     p.add_argument("--run", default="demo", help="run label of the pushed scores (default: demo)")
     p.add_argument("--quick", action="store_true", help="a few steps on a handful of scenes (the test's run)")
-    p.add_argument("--seed", type=int, default=0, help="scene seed: other scenes and another warm-up order (default: 0)")
     p.add_argument("--set", dest="overrides", action="append", type=_override, default=[], metavar="FIELD=VALUE",
                    help="override a GRPO recipe field (recipes/demo_cpu.yaml), e.g. --set learning_rate=1e-4")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("threads", "workers"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f"--{name} {getattr(args, name)}: must be at least 1")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = QUICK if args.quick else FULL
-    cfg = replace(cfg, scenes=replace(cfg.scenes, seed=args.seed), grpo={**cfg.grpo, **dict(args.overrides)})
+    cfg = replace(cfg, grpo={**cfg.grpo, **dict(args.overrides)},
+                  **{k: getattr(args, k) for k in ("seeds", "threads", "workers") if getattr(args, k) is not None})
     try:
-        run_demo(args.out, cfg, pushgateway=args.pushgateway, run_name=args.run)
+        run_demo(args.out, cfg, pushgateway=args.pushgateway, run_name=args.run, echo=lambda s: print(s, flush=True))
     except ValueError as err:  # settings that cannot run together: say which, without a traceback
         p.error(str(err))
     return 0

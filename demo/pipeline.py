@@ -1,12 +1,14 @@
-"""Stage 3: the whole miniature R1-V, end to end.
+"""The whole miniature R1-V over several seeds, end to end.
 
-scenes -> warmed-up start model -> GRPO (`python -m r1v_job`, recipes/demo_cpu.yaml) -> two SFT
-controls on the rows GRPO trained on -> held-out and in-distribution scores (`python -m eval_job`, cot and
-direct prompts, every checkpoint) -> table, plot, Pushgateway (demo/report.py).
+Per seed: training scenes -> warm-up until the start rule (demo/start.py) -> held-out scenes ->
+GRPO (`python -m r1v_job --config recipes/demo_cpu.yaml ...`) beside the two SFT controls on the rows
+GRPO trains on -> held-out and in-distribution scores (eval_job, cot and direct prompts, every
+checkpoint on the held-out split). Then the report over seeds (demo/report.py).
 
-The trainer and the evaluator run as subprocesses through their own entry points, exactly as a
-user or the Kubernetes jobs run them. Each stage records the settings it ran with; a rerun with the
-same settings reuses the finished stage (and everything downstream of a changed stage is redone).
+Every stage runs in its own process, at most `workers` at a time (one per core), each with
+`threads` intra-op threads; their output goes to SEED_DIR/logs/STAGE.log and the terminal shows one
+line per stage, a progress line while stages run, and the final table. Each stage records a
+fingerprint of its settings; a rerun with the same settings reuses the finished stages.
 """
 
 from __future__ import annotations
@@ -15,97 +17,25 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
-
-import yaml
 
 from demo import report
-from demo.scenes import SceneConfig, write_scenes
-from demo.warmup import CONTROLS, ModelSize, SFTSettings, build_start_model, supervised_control
-from r1v_job.config import step_batch
+from demo.config import FULL, RECIPE, REPO, DemoConfig, with_seed
+from demo.layout import STAGE_FILE, Layout, SeedLayout
+from demo.scenes import write_heldout
 
 log = logging.getLogger("demo")
 
-REPO = Path(__file__).resolve().parent.parent
-RECIPE = REPO / "recipes" / "demo_cpu.yaml"
-STAGE_FILE = "demo_stage.json"
-# Every process runs one thread, and the two independent branches after the warm-up (GRPO; the SFT
-# controls and the scoring) run side by side, one per core. For a model this small,
-# intra-op threads buy little, and on a shared machine two threads per process made each SFT step
-# several times slower than one (thread contention), while two one-thread processes keep both cores busy.
-THREADS = 1
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    scenes: SceneConfig = SceneConfig()
-    model: ModelSize = ModelSize()
-    # 375 steps of 16: the start counts the training scenes but only part of the held-out ones. The
-    # skill appears abruptly: after 312 steps it was still near chance (docs/demo.md).
-    warmup: SFTSettings = SFTSettings(epochs=1.5)
-    # The controls' optimizer settings; their learning rate, schedule, batch of prompts and number of
-    # steps are GRPO's (see run_demo), so that only the learning signal differs.
-    control: SFTSettings = SFTSettings(warmup_ratio=0.0)
-    # Overrides of recipes/demo_cpu.yaml fields, as `--field value` for r1v_job.
-    grpo: dict = field(default_factory=dict)
-    eval_prompts: tuple[str, ...] = ("cot", "direct")
-    eval_batch_size: int = 64
-    # Generous beside the ~13-token answers the model is taught, so a rambling model is cut off
-    # (and counted as a parse failure) without spending minutes on it.
-    eval_max_new_tokens: int = 32
-
-
-FULL = DemoConfig()
-QUICK = DemoConfig(
-    scenes=SceneConfig(warmup=64, train=16, eval_id=8, eval_ood=8),
-    warmup=SFTSettings(epochs=3, batch_size=8),
-    control=SFTSettings(batch_size=2),
-    grpo={"max_steps": 4, "save_steps": 2, "num_generations": 4, "per_device_train_batch_size": 8},
-    eval_batch_size=8,
-)
-
-
-def _fingerprint(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _done(folder: Path, fingerprint: str) -> bool:
-    try:
-        return json.loads((folder / STAGE_FILE).read_text())["fingerprint"] == fingerprint
-    except (OSError, ValueError, KeyError):
-        return False
-
-
-def _mark(folder: Path, fingerprint: str, **info) -> None:
-    (folder / STAGE_FILE).write_text(json.dumps({"fingerprint": fingerprint, **info}, indent=2) + "\n")
-
-
-def _fresh(folder: Path) -> Path:
-    # A stale half-run must not leak in: the trainer would resume from its checkpoints and the
-    # evaluator would reuse its scores.
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    return folder
-
-
-def recipe_fields(overrides: dict) -> dict:
-    fields = yaml.safe_load(RECIPE.read_text())
-    fields.update(overrides)
-    return fields
-
-
-def grpo_examples(fields: dict) -> tuple[int, int]:
-    """(prompts per optimizer step, prompts over the run) of the one-process GRPO run of these
-    recipe fields."""
-    per_step, _ = step_batch(SimpleNamespace(**{"gradient_accumulation_steps": 1, **fields}), world_size=1)
-    return per_step, per_step * fields["max_steps"]
+# For a model this small intra-op threads buy little: on a shared 2-core machine two threads per
+# process made SFT steps several times slower than one (contention), while two one-thread processes
+# side by side keep both cores busy. DemoConfig.threads and .workers set them.
 
 
 def _cli_value(value) -> str:
@@ -116,154 +46,255 @@ def _cli_value(value) -> str:
     return str(value)
 
 
-def start_cmd(cmd: list[str], log_file: Path) -> tuple[subprocess.Popen, list[str], Path, float]:
-    """Start an entry point in the background, its output in `log_file`."""
-    log.info("$ %s", " ".join(cmd))
-    with log_file.open("w") as fh:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=_child_env())
-    return proc, cmd, log_file, time.perf_counter()
+def recipe_args(overrides: dict) -> list[str]:
+    args = ["--config", str(RECIPE)]
+    for name, value in overrides.items():
+        args += [f"--{name}", _cli_value(value)]
+    return args
 
 
-def wait_cmd(job: tuple[subprocess.Popen, list[str], Path, float]) -> None:
-    """Wait for a started entry point; fail loudly with the tail of its log on error."""
-    proc, cmd, log_file, start = job
-    if proc.wait() != 0:
-        tail = "".join(log_file.read_text().splitlines(keepends=True)[-30:])
-        raise RuntimeError(f"{cmd[2]} exited {proc.returncode} (log {log_file}):\n{tail}")
-    log.info("  %s done in %.0f s (log %s)", cmd[2], time.perf_counter() - start, log_file)
+def read_recipe(overrides: dict):
+    """The GRPO recipe with `overrides`, read by the trainer's own parser (TrlParser): a bad field
+    or value fails here, before any work, as it would in the trainer."""
+    import warnings
+
+    from r1v_job.grpo import parse_args
+
+    with warnings.catch_warnings():  # transformers' deprecation notes belong to the trainer's log, not here
+        warnings.simplefilter("ignore", FutureWarning)
+        return parse_args(recipe_args(overrides))
 
 
-def run_cmd(cmd: list[str], log_file: Path) -> None:
-    wait_cmd(start_cmd(cmd, log_file))
+def grpo_plan(cfg: DemoConfig) -> dict:
+    """The numbers the controls and the report take from the GRPO recipe."""
+    from r1v_job.config import last_step, step_batch
+
+    script, training, _ = read_recipe(cfg.grpo)
+    per_step, _ = step_batch(training, world_size=1)
+    steps = last_step(training.max_steps, script.stop_at_step)
+    n_examples = per_step * steps
+    if n_examples > cfg.scenes.train:
+        # Fewer rows would make GRPO loop over them again while the controls see each row once.
+        raise ValueError(f"GRPO needs {n_examples} training scenes (max_steps {steps} x {per_step} prompts per step) "
+                         f"but SceneConfig.train draws {cfg.scenes.train}")
+    return {"per_step": per_step, "max_steps": steps, "n_examples": n_examples,
+            "learning_rate": float(training.learning_rate), "save_steps": int(training.save_steps),
+            "seed": int(training.seed)}
 
 
-def _child_env() -> dict:
+def _fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _child_env(threads: int) -> dict:
     env = dict(os.environ)
     # The repository's packages resolve from any working directory and in an uninstalled checkout.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # One thread per process (see THREADS).
-    env.setdefault("OMP_NUM_THREADS", str(THREADS))
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    env["OMP_NUM_THREADS"] = str(threads)
     return env
 
 
-def start_grpo(start: Path, train_jsonl: Path, out: Path, overrides: dict, logs: Path):
-    args = {"model_name_or_path": str(start), "dataset_name": str(train_jsonl), "output_dir": str(out), **overrides}
-    cmd = [sys.executable, "-m", "r1v_job", "--config", str(RECIPE)]
-    for name, value in args.items():
-        cmd += [f"--{name}", _cli_value(value)]
-    return start_cmd(cmd, logs / "grpo.log")
+@dataclass
+class Stage:
+    """One process of one seed's pipeline."""
+
+    seed: int
+    name: str  # start, grpo, controls, score_grpo
+    cmd: list[str]
+    fingerprint: str
+    outputs: list[Path]  # cleared before a fresh run
+    needs: tuple[str, ...] = ()
+    before: object = None  # called in this process just before the stage starts
+    started: float = 0.0
+    seconds: float = 0.0
+    reused: bool = False
+    progress: object = None  # log -> short text
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return self.seed, self.name
 
 
-def evaluate(model: Path, data: Path, out: Path, benchmark: str, cfg: DemoConfig, logs: Path,
-             checkpoints: Path | None = None, pushgateway: str | None = None, run: str | None = None) -> Path:
-    cmd = [sys.executable, "-m", "eval_job", "--model", str(model), "--data", str(data), "--out", str(out),
-           "--prompt", ",".join(cfg.eval_prompts), "--benchmark", benchmark,
-           "--batch-size", str(cfg.eval_batch_size), "--max-new-tokens", str(cfg.eval_max_new_tokens)]
-    if checkpoints:
-        cmd += ["--checkpoints", str(checkpoints)]
-    if pushgateway:
-        cmd += ["--pushgateway", pushgateway, "--run", run]
-    run_cmd(cmd, logs / f"eval-{out.parent.name}-{benchmark}.log")
-    return out
+def _marker(layout: SeedLayout, name: str) -> Path:
+    return layout.root / "stages" / f"{name}.json"
+
+
+def _done(layout: SeedLayout, stage: Stage) -> bool:
+    try:
+        return json.loads(_marker(layout, stage.name).read_text())["fingerprint"] == stage.fingerprint
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+_GRPO_STEP = re.compile(r"step (\d+)/(\d+) \| reward ([\d.]+)")
+_WARMUP_STEP = re.compile(r"warm-up step (\d+): dev accuracy \(\w+\) ([\d.]+)%")
+_EVAL = re.compile(r"(\w+) (cot|direct|train): (\d+)/(\d+) questions")
+
+
+def _last(pattern: re.Pattern, text: str):
+    found = pattern.findall(text[-20000:])
+    return found[-1] if found else None
+
+
+def grpo_progress(text: str) -> str:
+    m = _last(_GRPO_STEP, text)
+    return f"step {m[0]}/{m[1]}, reward {float(m[2]):.2f}" if m else "starting"
+
+
+def start_progress(text: str) -> str:
+    m = _last(_WARMUP_STEP, text)
+    return f"warm-up step {m[0]}, dev {m[1]}%" if m else "drawing scenes / warming up"
+
+
+def eval_progress(text: str) -> str:
+    scored = text.count("evaluated ")
+    return f"{scored} model-split scored" if scored else "training" if "'loss'" in text else "starting"
+
+
+class SeedPipeline:
+    """The stages of one seed, with their commands, dependencies and fingerprints."""
+
+    def __init__(self, layout: SeedLayout, cfg: DemoConfig, plan: dict, pushgateway: str | None, run: str):
+        self.layout, self.cfg, self.plan = layout, cfg, plan
+        self.pushgateway, self.run = pushgateway, run
+
+    def stages(self) -> list[Stage]:
+        L, cfg = self.layout, self.cfg
+        stage = [sys.executable, "-m", "demo.stage"]
+        push = ["--pushgateway", self.pushgateway, "--run", self.run] if self.pushgateway else []
+        fp_start = _fingerprint(asdict(cfg.scenes), asdict(cfg.model), asdict(cfg.warmup), asdict(cfg.rule))
+        grpo_overrides = {**cfg.grpo, "model_name_or_path": str(L.start), "dataset_name": str(L.scenes.train),
+                          "output_dir": str(L.grpo), "max_train_samples": self.plan["n_examples"],
+                          "seed": self.plan["seed"] + L.seed}
+        fp_grpo = _fingerprint(fp_start, grpo_overrides, RECIPE.read_text())
+        evals = (cfg.eval_prompts, cfg.eval_max_new_tokens, cfg.eval_batch_size, asdict(cfg.scenes))
+        fp_controls = _fingerprint(fp_start, asdict(cfg.control), self.plan, evals, self.pushgateway)
+        return [
+            Stage(L.seed, "start", [*stage, "start", str(L.root)], fp_start, [L.start, L.start_init],
+                  progress=start_progress),
+            Stage(L.seed, "grpo", [sys.executable, "-m", "r1v_job", *recipe_args(grpo_overrides)], fp_grpo, [L.grpo],
+                  needs=("start",), before=lambda: write_heldout(L.scenes.root, cfg.scenes), progress=grpo_progress),
+            Stage(L.seed, "controls", [*stage, "controls", str(L.root), *push], fp_controls,
+                  [L.root / "models" / "sft_answers", L.root / "models" / "sft_cot", L.root / "eval" / "start",
+                   L.root / "eval" / "sft_answers", L.root / "eval" / "sft_cot"],
+                  needs=("start",), before=lambda: write_heldout(L.scenes.root, cfg.scenes), progress=eval_progress),
+            Stage(L.seed, "score_grpo", [*stage, "score", str(L.root), "--model", "grpo", *push],
+                  _fingerprint(fp_grpo, evals, self.pushgateway), [L.root / "eval" / "grpo"], needs=("grpo",),
+                  progress=eval_progress),
+        ]
+
+
+# When a core frees up, the stage with the longest chain behind it goes first: a seed's start unlocks
+# its GRPO run (the longest stage) and its controls. (GRPO first left the last seed's start waiting
+# until two GRPO runs had finished, and that seed's chain then ran alone on one core.)
+PRIORITY = {"start": 0, "grpo": 1, "controls": 2, "score_grpo": 3}
+
+
+class Runner:
+    """Runs the stages of every seed, `workers` processes at a time, respecting dependencies."""
+
+    def __init__(self, layout: Layout, cfg: DemoConfig, echo=print):
+        self.layout, self.cfg, self.echo = layout, cfg, echo
+        self.t0 = time.perf_counter()
+
+    def _elapsed(self) -> str:
+        s = int(time.perf_counter() - self.t0)
+        return f"{s // 60}:{s % 60:02d}"
+
+    def _run(self, stage: Stage) -> None:
+        L = self.layout.seed(stage.seed)
+        if stage.before:
+            stage.before()
+        for path in stage.outputs:  # a stale half-run must not leak in (a resumed trainer, reused scores)
+            shutil.rmtree(path, ignore_errors=True)
+        _marker(L, stage.name).unlink(missing_ok=True)
+        L.logs.mkdir(parents=True, exist_ok=True)
+        log_file = L.log(stage.name)
+        with log_file.open("w") as fh:
+            proc = subprocess.Popen(stage.cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
+                                    env=_child_env(self.cfg.threads))
+            self._procs.append(proc)
+            code = proc.wait()
+        if code != 0:
+            tail = "".join(log_file.read_text().splitlines(keepends=True)[-25:])
+            raise RuntimeError(f"seed {stage.seed} {stage.name} exited {code}; log {log_file}:\n{tail}")
+        _marker(L, stage.name).parent.mkdir(parents=True, exist_ok=True)
+        _marker(L, stage.name).write_text(json.dumps({"fingerprint": stage.fingerprint,
+                                                      "cmd": stage.cmd}, indent=2) + "\n")
+
+    def run(self, stages: list[Stage]) -> dict:
+        done: set[tuple[int, str]] = set()
+        pending = list(stages)
+        for s in stages:  # finished stages of an earlier run with the same settings
+            if _done(self.layout.seed(s.seed), s) and all((s.seed, n) in done for n in s.needs):
+                s.reused = True
+                done.add(s.key)
+                pending.remove(s)
+                self.echo(f"[{self._elapsed()}] seed {s.seed} {s.name}: reused (same settings as before)")
+                if s.before:
+                    s.before()
+        total = len(stages)
+        self._procs: list[subprocess.Popen] = []
+        running: dict = {}
+        last_note = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=self.cfg.workers) as pool:
+            try:
+                while pending or running:
+                    ready = sorted((s for s in pending if all((s.seed, n) in done for n in s.needs)),
+                                   key=lambda s: (PRIORITY[s.name], s.seed))
+                    while ready and len(running) < self.cfg.workers:
+                        s = ready.pop(0)
+                        pending.remove(s)
+                        s.started = time.perf_counter()
+                        self.echo(f"[{self._elapsed()}] seed {s.seed} {s.name}: started "
+                                  f"(log {self.layout.seed(s.seed).log(s.name)})")
+                        running[pool.submit(self._run, s)] = s
+                    finished, _ = wait(running, timeout=5, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        s = running.pop(fut)
+                        fut.result()  # a failed stage stops the run with its log's tail
+                        s.seconds = round(time.perf_counter() - s.started, 1)
+                        done.add(s.key)
+                        self.echo(f"[{self._elapsed()}] seed {s.seed} {s.name}: done in {s.seconds:.0f} s "
+                                  f"({len(done)}/{total} stages)")
+                    if running and time.perf_counter() - last_note >= 30:
+                        last_note = time.perf_counter()
+                        notes = []
+                        for s in running.values():
+                            text = self.layout.seed(s.seed).log(s.name).read_text(errors="replace") \
+                                if self.layout.seed(s.seed).log(s.name).exists() else ""
+                            notes.append(f"seed {s.seed} {s.name}: {s.progress(text)}")
+                        self.echo(f"[{self._elapsed()}] running: " + "; ".join(notes))
+            except BaseException:
+                for proc in self._procs:  # no orphaned trainer when another stage fails or on Ctrl-C
+                    if proc.poll() is None:
+                        proc.kill()
+                raise
+        return {f"seed-{s.seed}/{s.name}": (None if s.reused else s.seconds) for s in stages}
 
 
 def run_demo(out: str | Path = "runs/demo", cfg: DemoConfig = FULL, pushgateway: str | None = None,
-             run_name: str = "demo") -> dict:
-    """Run every stage into `out`; returns the summary (also written to out/summary.json)."""
+             run_name: str = "demo", echo=print) -> dict:
+    """Run every stage of every seed into `out`; returns the summary (also out/summary.json)."""
     t0 = time.perf_counter()
-    out = Path(out).resolve()
-    logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-
-    def timed(name, fn, *a, **kw):
-        start = time.perf_counter()
-        result = fn(*a, **kw)
-        timings[name] = round(time.perf_counter() - start, 1)
-        return result
-
-    fields = recipe_fields(cfg.grpo)
-    per_step, n_examples = grpo_examples(fields)
-    if n_examples > cfg.scenes.train:
-        # Fewer rows would make GRPO loop over them again while the controls see each row once.
-        raise ValueError(f"GRPO needs {n_examples} training scenes (max_steps {fields['max_steps']} x {per_step} prompts "
-                         f"per step) but SceneConfig.train draws {cfg.scenes.train}")
-
-    import torch
-
-    torch.set_num_threads(THREADS)  # this process's own training (warm-up, SFT controls); see THREADS
-    scenes = timed("scenes", write_scenes, out / "scenes", cfg.scenes)
-
-    start_dir = out / "models" / "start"
-    fp_start = _fingerprint(asdict(cfg.scenes), asdict(cfg.model), asdict(cfg.warmup))
-    if not _done(start_dir, fp_start):
-        timed("warmup", build_start_model, scenes.warmup, _fresh(start_dir), cfg.model, cfg.warmup)
-        _mark(start_dir, fp_start)
-
-    # GRPO gets exactly the first n_examples rows, one epoch: the controls then train on the same rows.
-    grpo_overrides = {**cfg.grpo, "max_train_samples": n_examples}
-    grpo_dir = out / "grpo"
-    fp_grpo = _fingerprint(fp_start, fields, grpo_overrides, RECIPE.read_text())
-    grpo_job = None
-    if not _done(grpo_dir, fp_grpo):
-        grpo_started = time.perf_counter()
-        grpo_job = start_grpo(start_dir, scenes.train, _fresh(grpo_dir), grpo_overrides, logs)
-
-    try:
-        # While GRPO trains (its own process): the SFT controls, and the scores of the models that exist.
-        splits = {"heldout": scenes.eval_ood, "in_dist": scenes.eval_id}
-        eval_root = out / "eval"
-
-        def score(name: str, model_dir: Path, ckpts: Path | None, fp_model: str) -> None:
-            started = time.perf_counter()
-            for split, data in splits.items():
-                folder = eval_root / name / split
-                fp_eval = _fingerprint(fp_model, asdict(cfg.scenes), cfg.eval_prompts, cfg.eval_max_new_tokens)
-                if _done(folder, fp_eval):
-                    if not pushgateway:
-                        continue
-                    # Finished before: eval_job reuses its results and only pushes them.
-                else:
-                    _fresh(folder)
-                # Every checkpoint is scored on the held-out split (the accuracy curve); the
-                # in-distribution split is scored for the final models only. The run label names
-                # the split: a Pushgateway push replaces its whole {run, checkpoint} group.
-                evaluate(model_dir, data, folder, split, cfg, logs, checkpoints=ckpts if split == "heldout" else None,
-                         pushgateway=pushgateway, run=f"{run_name}-{name}-{split}")
-                _mark(folder, fp_eval)
-            timings["evaluation"] = round(timings.get("evaluation", 0.0) + time.perf_counter() - started, 1)
-
-        score("start", start_dir, None, fp_start)
-        # Same rows, same batch of prompts per step, hence the same number of optimizer steps, and
-        # checkpoints at the same steps as GRPO's for the accuracy curve. AdamW's step size is set by
-        # the learning rate whatever the scale of the loss, so equal rates, schedules and step counts
-        # give every run the same budget of parameter movement: only the learning signal differs.
-        control = replace(cfg.control, batch_size=per_step, epochs=1.0, max_steps=-1,
-                          learning_rate=float(fields["learning_rate"]))
-        for kind in CONTROLS:
-            name = f"sft_{kind}"
-            control_dir = out / "models" / name
-            fp_control = _fingerprint(fp_start, kind, n_examples, asdict(control), fields.get("save_steps"))
-            if not _done(control_dir, fp_control):
-                timed(name, supervised_control, start_dir, scenes.train, n_examples, kind, _fresh(control_dir),
-                      control, save_steps=fields.get("save_steps"))
-                _mark(control_dir, fp_control)
-            score(name, control_dir, control_dir / "_trainer", fp_control)
-        if grpo_job is not None:
-            wait_cmd(grpo_job)
-            timings["grpo"] = round(time.perf_counter() - grpo_started, 1)
-            _mark(grpo_dir, fp_grpo)
-    except BaseException:
-        if grpo_job is not None and grpo_job[0].poll() is None:
-            grpo_job[0].kill()  # no orphaned trainer when the other branch fails or is interrupted
-        raise
-    score("grpo", grpo_dir, grpo_dir, fp_grpo)
-
-    summary = report.build_summary(eval_root, grpo_dir, cfg.eval_prompts, n_examples=n_examples, per_step=per_step,
-                                   max_steps=fields["max_steps"])
+    layout = Layout(Path(out).resolve())
+    plan = grpo_plan(cfg)  # before any work: bad recipe fields or too few scenes fail here
+    echo(f"miniature R1-V: seeds {', '.join(map(str, cfg.seeds))}; GRPO {plan['max_steps']} steps x "
+         f"{plan['per_step']} prompts on {plan['n_examples']} training scenes; {cfg.workers} processes x "
+         f"{cfg.threads} thread(s); output {layout.root}")
+    stages = []
+    for seed in cfg.seeds:
+        L = layout.seed(seed)
+        seed_cfg = with_seed(cfg, seed)
+        L.root.mkdir(parents=True, exist_ok=True)
+        L.config.write_text(seed_cfg.to_json())
+        (L.root / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+        stages += SeedPipeline(L, seed_cfg, plan, pushgateway, run_name).stages()
+    timings = Runner(layout, cfg, echo).run(stages)
+    summary = report.build_summary(layout, cfg, plan)
     summary["timings_seconds"] = {**timings, "total": round(time.perf_counter() - t0, 1)}
-    report.write_report(summary, out)
+    report.write_report(summary, layout, echo)
     if pushgateway:
         report.push_summary(summary, pushgateway, run_name)
     return summary

@@ -1,41 +1,51 @@
-"""Stage 4: the summary table, the plot and the Pushgateway push, from what the trainer and the
-evaluator wrote (eval_job's scores.json / results.jsonl, the trainer's trainer_state.json)."""
+"""The report over seeds: per-seed rows, means with 95% intervals, the headline, the plot and the
+Pushgateway push, all read from what the stages wrote (eval_job's scores.json / results.jsonl, the
+trainer's trainer_state.json, the start rule's start_rule.json), found through demo.layout."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
-from demo.warmup import CONTROLS as CONTROL_KINDS
+from demo.layout import Layout, SeedLayout
+from demo.start import RULE_FILE
 from r1v_job.rewards import format_reward
+from r1v_job.synthetic import read_jsonl
 
 log = logging.getLogger("demo.report")
 
-CONTROLS = [f"sft_{kind}" for kind in CONTROL_KINDS]  # the SFT controls' model names
-MODELS = {"start": "start (warmed up)", **{f"sft_{kind}": f"SFT on {kind}" for kind in CONTROL_KINDS}, "grpo": "GRPO"}
+MODELS = {"start": "start (warmed up)", "sft_answers": "SFT on answers", "sft_cot": "CoT-SFT (teacher traces)",
+          "grpo": "GRPO"}
+CONTROLS = ("sft_answers", "sft_cot")
 SPLITS = {"heldout": "held-out (SuperCLEVR-like)", "in_dist": "in-distribution (CLEVR-like)"}
 FINAL = "final"
+# Student's t, two-sided 95%, by degrees of freedom (n - 1 seeds).
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
-def _read_json(path: Path):
-    return json.loads(path.read_text())
-
-
-def _results(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def mean_ci(values: list[float]) -> dict:
+    """Mean and two-sided 95% t-interval over seeds (no interval for a single seed)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return {"mean": mean, "ci95": None, "values": values}
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = T975.get(n - 1, 1.96) * sd / math.sqrt(n)
+    return {"mean": mean, "ci95": [mean - half, mean + half], "values": values}
 
 
 def format_rate(results: Path) -> float:
     """Share of outputs in R1-V's full format <think>...</think><answer>...</answer>."""
-    outputs = [r["model_output"] for r in _results(results)]
+    outputs = [r["model_output"] for r in read_jsonl(results)]
     return sum(format_reward(outputs)) / len(outputs) if outputs else 0.0
 
 
 def mean_abs_error(results: Path) -> float | None:
-    """Mean |answer - truth| over the parsed answers: how far off the counts are, which accuracy
-    (exact or not) hides. None when nothing parsed."""
-    errors = [abs(r["extracted_answer"] - r["ground_truth"]) for r in _results(results)
+    """Mean |answer - truth| over the parsed answers: how far off the counts are, which exact-match
+    accuracy hides. None when nothing parsed."""
+    errors = [abs(r["extracted_answer"] - r["ground_truth"]) for r in read_jsonl(results)
               if isinstance(r.get("extracted_answer"), int)]
     return sum(errors) / len(errors) if errors else None
 
@@ -43,101 +53,171 @@ def mean_abs_error(results: Path) -> float | None:
 def grpo_log_history(grpo_dir: Path) -> list[dict]:
     """The trainer's per-step log, from its newest checkpoint (the final save holds no trainer state)."""
     states = sorted(grpo_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
-    return _read_json(states[-1])["log_history"] if states else []
+    return json.loads(states[-1].read_text())["log_history"] if states else []
 
 
-def build_summary(eval_root: Path, grpo_dir: Path, prompts, **info) -> dict:
-    """Final scores per (model, split, prompt), held-out accuracy per checkpoint, and GRPO's rewards."""
+def seed_summary(L: SeedLayout, prompts) -> dict:
+    """One seed: final scores per (model, split, prompt), held-out accuracy per checkpoint, GRPO's
+    rewards per step, and where the start rule stopped the warm-up."""
     rows, curves = [], {}
     for model in MODELS:
         for split in SPLITS:
-            folder = eval_root / model / split
-            for entry in _read_json(folder / "scores.json"):
+            folder = L.eval(model, split)
+            for entry in json.loads((folder / "scores.json").read_text()):
+                results = folder / FINAL / entry["prompt"] / "results.jsonl"
                 if entry["checkpoint"] == FINAL:
                     rows.append({"model": model, "split": split, "prompt": entry["prompt"],
                                  "accuracy": entry["accuracy"], "evaluated": entry["evaluated"],
-                                 "parse_failures": entry["parse_failures"],
-                                 "format_rate": format_rate(folder / FINAL / entry["prompt"] / "results.jsonl"),
-                                 "mean_abs_error": mean_abs_error(folder / FINAL / entry["prompt"] / "results.jsonl")})
+                                 "parse_failures": entry["parse_failures"], "format_rate": format_rate(results),
+                                 "mean_abs_error": mean_abs_error(results)})
                 if split == "heldout":
                     curves.setdefault(model, {}).setdefault(entry["prompt"], []).append(
                         {"step": entry["step"], "checkpoint": entry["checkpoint"], "accuracy": entry["accuracy"]})
     for by_prompt in curves.values():
         for points in by_prompt.values():
             points.sort(key=lambda p: p["step"])
-    rewards = [{k: v for k, v in entry.items() if k == "step" or k.startswith("reward") or k == "frac_reward_zero_std"}
-               for entry in grpo_log_history(grpo_dir) if "reward" in entry]
-    return {"rows": rows, "heldout_curves": curves, "grpo_rewards": rewards, "prompts": list(prompts), **info}
+    rewards = [{k: v for k, v in e.items() if k == "step" or k.startswith("reward") or k == "frac_reward_zero_std"}
+               for e in grpo_log_history(L.grpo) if "reward" in e]
+    rule = json.loads((L.start / RULE_FILE).read_text())
+    start = {"stopped_at": rule["stopped_at"], "crossed_at": rule["crossed_at"],
+             "dev_accuracy": rule["checks"][-1]["dev_accuracy"] if rule["checks"] else None}
+    return {"seed": L.seed, "start": start, "rows": rows, "heldout_curves": curves, "grpo_rewards": rewards,
+            "headline": seed_headline(rows, prompts)}
 
 
-def score(summary: dict, model: str, split: str, prompt: str) -> dict | None:
-    return next((r for r in summary["rows"] if (r["model"], r["split"], r["prompt"]) == (model, split, prompt)), None)
+def _score(rows: list[dict], model: str, split: str, prompt: str) -> dict | None:
+    return next((r for r in rows if (r["model"], r["split"], r["prompt"]) == (model, split, prompt)), None)
 
 
-def table(summary: dict) -> str:
-    """The summary as a fixed-width text table: one line per model and split, prompts side by side."""
-    prompts = summary["prompts"]
-    head = f"{'model':<18} {'split':<28}" + "".join(
-        f" | {p + ' acc':>9} {'MAE':>4} {'format':>6} {'unparsed':>8}" for p in prompts)
-    lines = [head, "-" * len(head)]
-    for model, model_label in MODELS.items():
-        for split, split_label in SPLITS.items():
-            cells = ""
-            for p in prompts:
-                r = score(summary, model, split, p)
-                mae = "-" if r is None or r["mean_abs_error"] is None else f"{r['mean_abs_error']:.2f}"
-                cells += (f" | {100 * r['accuracy']:8.1f}% {mae:>4} {100 * r['format_rate']:5.0f}% "
-                          f"{r['parse_failures']:>4}/{r['evaluated']:<3}" if r else f" | {'n/a':>9} {'':>4} {'':>6} {'':>8}")
-            lines.append(f"{model_label:<18} {split_label:<28}{cells}")
-    return "\n".join(lines)
-
-
-def headline(summary: dict) -> list[dict]:
-    """Held-out accuracy gains in points, per prompt: GRPO over the start and over each SFT control.
-    (R1-V headlines the cot prompt; a direct-answer score belongs beside it, see docs/demo.md.)"""
+def seed_headline(rows: list[dict], prompts) -> list[dict]:
+    """Held-out accuracy gains in points, per prompt: GRPO over the start and over each control."""
     gains = []
-    for prompt in summary["prompts"]:
-        acc = {m: (score(summary, m, "heldout", prompt) or {}).get("accuracy") for m in MODELS}
+    for prompt in prompts:
+        acc = {m: (_score(rows, m, "heldout", prompt) or {}).get("accuracy") for m in MODELS}
         if None not in acc.values():
             gains.append({"prompt": prompt, **{f"grpo_minus_{m}_points": round(100 * (acc["grpo"] - acc[m]), 1)
                                                for m in MODELS if m != "grpo"}})
     return gains
 
 
+def build_summary(layout: Layout, cfg, plan: dict) -> dict:
+    per_seed = [seed_summary(layout.seed(s), cfg.eval_prompts) for s in cfg.seeds]
+    means = []
+    for model in MODELS:
+        for split in SPLITS:
+            for prompt in cfg.eval_prompts:
+                found = [_score(p["rows"], model, split, prompt) for p in per_seed]
+                if None in found:
+                    continue
+                means.append({"model": model, "split": split, "prompt": prompt,
+                              "accuracy": mean_ci([100 * r["accuracy"] for r in found]),
+                              "format_rate": sum(r["format_rate"] for r in found) / len(found),
+                              "parse_failures": sum(r["parse_failures"] for r in found),
+                              "evaluated": sum(r["evaluated"] for r in found)})
+    headline = []
+    for prompt in cfg.eval_prompts:
+        per = [next((h for h in p["headline"] if h["prompt"] == prompt), None) for p in per_seed]
+        if None in per:
+            continue
+        headline.append({"prompt": prompt, **{f"grpo_minus_{m}_points": mean_ci([h[f"grpo_minus_{m}_points"] for h in per])
+                                              for m in MODELS if m != "grpo"}})
+    in_dist = [_score(p["rows"], m, "in_dist", "cot") for p in per_seed for m in ("start", "grpo")]
+    return {"seeds": list(cfg.seeds), "prompts": list(cfg.eval_prompts), "plan": plan, "per_seed": per_seed,
+            "means": means, "headline": headline,
+            "start_stopped_at": [p["start"]["stopped_at"] for p in per_seed],
+            "grpo_minus_start_in_dist_cot_points": mean_ci(
+                [100 * (g["accuracy"] - s["accuracy"]) for s, g in zip(in_dist[::2], in_dist[1::2])])
+            if None not in in_dist else None}
+
+
+def _interval(stat: dict, signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    if stat["ci95"] is None:
+        return f"{stat['mean']:{sign}.1f}"
+    lo, hi = stat["ci95"]
+    return f"{stat['mean']:{sign}.1f} [{lo:{sign}.1f}, {hi:{sign}.1f}]"
+
+
+def table(summary: dict) -> str:
+    """Fixed-width table: one line per model and split; per prompt the mean accuracy over seeds with
+    its 95% interval, each seed's accuracy, and the format rate."""
+    prompts, n = summary["prompts"], len(summary["seeds"])
+    width = 22 + 7 * n
+    head = f"{'model':<25} {'split':<9}" + "".join(f" | {p + ' acc % mean [95% CI]; seeds':<{width}} {'format':>6}"
+                                                  for p in prompts)
+    lines = [head, "-" * len(head)]
+    for model, label in MODELS.items():
+        for split in SPLITS:
+            cells = ""
+            for p in prompts:
+                m = next((r for r in summary["means"] if (r["model"], r["split"], r["prompt"]) == (model, split, p)), None)
+                if m is None:
+                    cells += f" | {'n/a':<{width}} {'':>6}"
+                    continue
+                seeds = " ".join(f"{v:5.1f}" for v in m["accuracy"]["values"])
+                cells += f" | {_interval(m['accuracy']) + '; ' + seeds:<{width}} {100 * m['format_rate']:5.0f}%"
+            lines.append(f"{label:<25} {'held-out' if split == 'heldout' else 'in-dist':<9}{cells}")
+    return "\n".join(lines)
+
+
+def headline_lines(summary: dict) -> list[str]:
+    lines = []
+    for h in summary["headline"]:
+        parts = []
+        for m in MODELS:
+            if m == "grpo":
+                continue
+            stat = h[f"grpo_minus_{m}_points"]
+            parts.append(f"{MODELS[m]} {_interval(stat, signed=True)}")
+        lines.append(f"held-out ({h['prompt']}), GRPO minus: " + "; ".join(parts) +
+                     f" points (mean [95% CI] over {len(summary['seeds'])} seeds)")
+    ind = summary.get("grpo_minus_start_in_dist_cot_points")
+    if ind:
+        lines.append(f"in-distribution (cot), GRPO minus start: {_interval(ind, signed=True)} points")
+    return lines
+
+
 def plot(summary: dict, path: Path) -> Path:
-    """Two panels against the optimizer step: GRPO's training reward, and held-out accuracy of
-    GRPO's and the SFT controls' checkpoints (step 0 is the warmed-up start)."""
+    """Two panels against the optimizer step, every seed drawn thin and the mean thick: GRPO's
+    training accuracy reward, and held-out (cot) accuracy of GRPO's and the controls' checkpoints
+    (step 0 is each seed's start)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on a CI runner or in a pod
     import matplotlib.pyplot as plt
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
-    rewards = summary["grpo_rewards"]
-    steps = [r["step"] for r in rewards]
-    for key, label in (("reward", "total (0-2)"), ("rewards/accuracy_reward/mean", "accuracy"),
-                       ("rewards/format_reward/mean", "format"), ("reward_std", "std within a step")):
-        if rewards and key in rewards[0]:
-            top.plot(steps, [r[key] for r in rewards], label=label, linestyle=":" if key == "reward_std" else "-")
-    top.set_ylabel("GRPO training reward")
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7.5), sharex=True)
+    colours = {"grpo": "tab:red", "sft_answers": "tab:green", "sft_cot": "tab:blue"}
+    key = "rewards/accuracy_reward/mean"
+    series = [[(r["step"], r[key]) for r in p["grpo_rewards"] if key in r] for p in summary["per_seed"]]
+    for s in series:
+        top.plot([x for x, _ in s], [y for _, y in s], color="tab:red", alpha=0.3, linewidth=0.8)
+    if series and all(series):
+        steps = sorted(set.intersection(*(set(x for x, _ in s) for s in series)))
+        top.plot(steps, [sum(dict(s)[x] for s in series) / len(series) for x in steps], color="tab:red",
+                 linewidth=2, label=f"accuracy reward, mean of {len(series)} seeds (thin: each seed)")
+    top.set_ylabel("GRPO training reward (sampled, T=1)")
     top.legend(fontsize=8)
     top.grid(alpha=0.3)
 
-    start = {p["prompt"]: p for p in summary["rows"] if p["model"] == "start" and p["split"] == "heldout"}
-    colours = {"grpo": "tab:red", "sft_answers": "tab:green", "sft_traces": "tab:blue"}
     for model in ("grpo", *CONTROLS):
-        for prompt, points in summary["heldout_curves"].get(model, {}).items():
-            xs = [p["step"] for p in points]
-            ys = [100 * p["accuracy"] for p in points]
-            if prompt in start:  # every run begins at the warmed-up model
-                xs, ys = [0, *xs], [100 * start[prompt]["accuracy"], *ys]
-            bottom.plot(xs, ys, marker="o", color=colours[model], linestyle="-" if prompt == "cot" else "--",
-                        label=f"{MODELS[model]} ({prompt})")
+        curves = []
+        for p in summary["per_seed"]:
+            start = _score(p["rows"], "start", "heldout", "cot")
+            points = p["heldout_curves"].get(model, {}).get("cot", [])
+            xs = [0] + [q["step"] for q in points]
+            ys = [100 * start["accuracy"]] + [100 * q["accuracy"] for q in points]
+            curves.append(dict(zip(xs, ys)))
+            bottom.plot(xs, ys, color=colours[model], alpha=0.3, linewidth=0.8)
+        steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        bottom.plot(steps, [sum(c[x] for c in curves) / len(curves) for x in steps], color=colours[model],
+                    linewidth=2, marker="o", label=f"{MODELS[model]}, mean")
     bottom.set_xlabel("optimizer step (same prompts per step for every run)")
-    bottom.set_ylabel("held-out accuracy (%)")
+    bottom.set_ylabel("held-out accuracy, cot prompt (%)")
     bottom.legend(fontsize=8)
     bottom.grid(alpha=0.3)
-    fig.suptitle("Miniature R1-V: GRPO vs SFT on the same scenes, scored out of distribution")
+    fig.suptitle(f"Miniature R1-V over {len(summary['seeds'])} seeds: GRPO vs SFT on the same scenes, "
+                 "scored out of distribution", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -145,36 +225,35 @@ def plot(summary: dict, path: Path) -> Path:
     return path
 
 
-def write_report(summary: dict, out: Path) -> None:
-    summary["headline"] = headline(summary)
-    text = table(summary)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "summary.txt").write_text(text + "\n")
-    plot(summary, out / "demo_plot.png")
-    print(text + "\n")
-    for h in summary["headline"]:
-        versus = ", ".join(f"{MODELS[m]} {h[f'grpo_minus_{m}_points']:+.1f}" for m in MODELS if m != "grpo")
-        print(f"held-out ({h['prompt']}), GRPO minus: {versus} points")
-    print(f"summary: {out / 'summary.json'}, {out / 'summary.txt'}; plot: {out / 'demo_plot.png'}")
+def write_report(summary: dict, layout: Layout, echo=print) -> None:
+    text = table(summary) + "\n\n" + "\n".join(headline_lines(summary))
+    layout.summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+    layout.summary_txt.write_text(text + "\n")
+    plot(summary, layout.plot)
+    echo("\n" + text + "\n")
+    echo(f"warm-up steps chosen by the start rule, per seed: {summary['start_stopped_at']}")
+    echo(f"summary: {layout.summary_json}, {layout.summary_txt}; plot: {layout.plot}")
 
 
 def push_summary(summary: dict, gateway: str, run: str) -> None:
-    """The demo's final scores as r1v_demo_* gauges (job "r1v-demo", grouping {run}); the evaluator
-    has already pushed its own r1v_eval_* series for every model and checkpoint."""
+    """The demo's final scores as r1v_demo_* gauges (job "r1v-demo", grouping {run}), per seed and as
+    the mean over seeds (seed="mean"); eval_job has already pushed its own r1v_eval_* series."""
     from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
     registry = CollectorRegistry()
-    labels = ["model", "split", "prompt"]
+    labels = ["model", "split", "prompt", "seed"]
     acc = Gauge("r1v_demo_accuracy_ratio", "Final accuracy (0..1), R1-V's strict rule", labels, registry=registry)
     fmt = Gauge("r1v_demo_format_ratio", "Share of outputs in <think>..</think><answer>..</answer> form", labels,
                 registry=registry)
-    unparsed = Gauge("r1v_demo_parse_failures", "Outputs without a parseable <answer>N</answer>", labels,
-                     registry=registry)
-    for r in summary["rows"]:
-        key = (r["model"], r["split"], r["prompt"])
-        acc.labels(*key).set(r["accuracy"])
-        fmt.labels(*key).set(r["format_rate"])
-        unparsed.labels(*key).set(r["parse_failures"])
+    unparsed = Gauge("r1v_demo_parse_failures", "Outputs without a parseable answer", labels, registry=registry)
+    for p in summary["per_seed"]:
+        for r in p["rows"]:
+            key = (r["model"], r["split"], r["prompt"], str(p["seed"]))
+            acc.labels(*key).set(r["accuracy"])
+            fmt.labels(*key).set(r["format_rate"])
+            unparsed.labels(*key).set(r["parse_failures"])
+    for m in summary["means"]:
+        acc.labels(m["model"], m["split"], m["prompt"], "mean").set(m["accuracy"]["mean"] / 100)
     seconds = Gauge("r1v_demo_duration_seconds", "Wall time of the whole demo", registry=registry)
     seconds.set(summary.get("timings_seconds", {}).get("total", 0))
     push_to_gateway(gateway, job="r1v-demo", registry=registry, grouping_key={"run": run})

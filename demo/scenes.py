@@ -1,14 +1,17 @@
-"""Stage 1: the demo's seeded scene splits, drawn with r1v_job.synthetic.
+"""Stage 1: the demo's seeded scene splits, drawn and written by r1v_job.synthetic.
 
-Four disjoint splits, each from its own seed so that no image is shared between them:
+Five disjoint splits, each from its own seed so that no image is shared between them:
 
-- warmup:  CLEVR-like scenes with their counts; a short supervised run on them teaches the
-           random-init model the answer format and counting, i.e. makes the "Instruct" starting
-           point (demo/warmup.py).
-- train:   CLEVR-like scenes in the CLEVR-70k schema (image, problem, solution); GRPO trains on them,
-           and the SFT control trains on exactly the rows GRPO saw, with exact answers.
-- eval_id: CLEVR-like held-out scenes in R1-V's eval format (in-distribution check).
-- eval_ood: SuperCLEVR-like held-out scenes in R1-V's eval format (the headline, as in R1-V).
+- warmup:  CLEVR-like scenes in the CLEVR-70k schema; a supervised run on them teaches the
+           random-init model the answer format and counting: the "Instruct" start (demo/start.py).
+- dev:     CLEVR-like scenes in R1-V's eval format: the start rule's only view of how well the
+           warm-up counts (demo/start.py). Training distribution only.
+- train:   CLEVR-like scenes in the CLEVR-70k schema, plus each scene's objects (scenes.jsonl, as
+           CLEVR ships its scene files): GRPO trains on them, the SFT controls on the same rows, the
+           CoT teacher writes its traces from the descriptions.
+- eval_id: CLEVR-like scenes in R1-V's eval format (in-distribution check).
+- eval_ood: SuperCLEVR-like scenes in R1-V's eval format (the headline, as in R1-V). Drawn only
+           after the start model is fixed (`write_heldout`), so nothing before can read it.
 
 The held-out style differs from the training style in shapes, colours, object sizes and the range
 of counts; it keeps CLEVR's floor colour, because SuperCLEVR is rendered with CLEVR's own scene
@@ -22,23 +25,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from r1v_job.synthetic import (CLEVR_QUESTION, CLEVR_STYLE, SUPERCLEVR_QUESTION, SUPERCLEVR_STYLE, SceneStyle,
-                               write_split)
+                               write_clevr_train, write_superclevr_eval)
 
 # Scenes are small on purpose: at 112 px a Qwen2-VL image is 4x4 merged patches = 16 visual tokens,
 # which keeps every forward pass (SFT, rollouts, evaluation) cheap on 2 CPU cores. (At 56 px, 4
 # tokens, the tiny model never learned to count in our trials: each token then covers too many objects.)
 DEFAULT_SIZE = 112
-
-
-def train_style(counts: tuple[int, int], floor: tuple[int, int, int], cell: int) -> SceneStyle:
-    return replace(CLEVR_STYLE, counts=counts, background=floor, cell=cell)
-
-
-def heldout_style(counts: tuple[int, int], floor: tuple[int, int, int],
-                  radius: tuple[float, float], cell: int) -> SceneStyle:
-    # Other shapes and colours than training (r1v_job.synthetic's SuperCLEVR-like style), other
-    # sizes, on the training floor (see the module docstring).
-    return replace(SUPERCLEVR_STYLE, counts=counts, background=floor, radius=radius, cell=cell)
+SPLITS = ("warmup", "dev", "train", "eval_id", "eval_ood")
 
 
 @dataclass(frozen=True)
@@ -46,6 +39,7 @@ class SceneConfig:
     size: int = DEFAULT_SIZE
     seed: int = 0
     warmup: int = 4000
+    dev: int = 100
     train: int = 2000
     eval_id: int = 200
     eval_ood: int = 200
@@ -57,51 +51,86 @@ class SceneConfig:
     # merged): see r1v_job.synthetic._cell_places and docs/demo.md. 0 places objects anywhere.
     cell: int = 28
 
+    def train_style(self) -> SceneStyle:
+        return replace(CLEVR_STYLE, counts=self.train_counts, background=self.floor, cell=self.cell)
+
+    def heldout_style(self) -> SceneStyle:
+        # Other shapes and colours than training (r1v_job.synthetic's SuperCLEVR-like style), other
+        # sizes, on the training floor (see the module docstring).
+        return replace(SUPERCLEVR_STYLE, counts=self.ood_counts, background=self.floor, radius=self.ood_radius,
+                       cell=self.cell)
+
+    def split_seed(self, split: str) -> int:
+        # Distinct per split: r1v_job.synthetic seeds its generator with (style name, seed).
+        return self.seed * 10 + SPLITS.index(split)
+
 
 @dataclass(frozen=True)
 class Scenes:
-    warmup: Path  # jsonl: image, problem, count
-    train: Path  # jsonl, CLEVR-70k schema
-    eval_id: Path  # jsonl, R1-V eval format
-    eval_ood: Path  # jsonl, R1-V eval format
+    """Where a seed's splits live (see demo.layout.SeedLayout.scenes)."""
+
+    root: Path
+
+    @property
+    def warmup(self) -> Path:  # CLEVR-70k schema
+        return self.root / "warmup" / "train.jsonl"
+
+    @property
+    def dev(self) -> Path:  # R1-V eval format
+        return self.root / "dev" / "questions.jsonl"
+
+    @property
+    def train(self) -> Path:  # CLEVR-70k schema
+        return self.root / "train" / "train.jsonl"
+
+    @property
+    def train_scenes(self) -> Path:  # the train rows' objects, one row per image
+        return self.root / "train" / "scenes.jsonl"
+
+    @property
+    def eval_id(self) -> Path:  # R1-V eval format
+        return self.root / "eval_id" / "questions.jsonl"
+
+    @property
+    def eval_ood(self) -> Path:  # R1-V eval format, SuperCLEVR-like
+        return self.root / "eval_ood" / "questions.jsonl"
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+def _manifest(cfg: SceneConfig, part: str) -> dict:
+    return {"part": part, **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}}
 
 
-def _eval_rows(folder: Path, style: SceneStyle, n: int, size: int, seed: int, question: str) -> list[dict]:
-    return [{"image_path": f"./{rel}", "question": question, "ground_truth": count}
-            for rel, count in write_split(folder, style, n, size, seed)]
-
-
-def write_scenes(out: str | Path, cfg: SceneConfig = SceneConfig()) -> Scenes:
-    """Draw every split under `out` (deterministic for `cfg`); reuses a complete earlier draw."""
-    out = Path(out)
-    manifest = out / "scenes.json"
-    paths = Scenes(warmup=out / "warmup" / "data.jsonl", train=out / "train" / "train.jsonl",
-                   eval_id=out / "eval_id" / "questions.jsonl", eval_ood=out / "eval_ood" / "questions.jsonl")
-    wanted = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+def _draw_once(root: Path, cfg: SceneConfig, part: str, draw) -> None:
+    manifest = root / f"{part}.json"
+    wanted = _manifest(cfg, part)
     if manifest.is_file() and json.loads(manifest.read_text()) == wanted:
-        return paths
-
-    # Distinct seeds per split: write_split seeds its generator with (style name, seed).
-    seeds = {name: cfg.seed * 10 + i for i, name in enumerate(("warmup", "train", "eval_id", "eval_ood"))}
-    style = train_style(cfg.train_counts, cfg.floor, cfg.cell)
-
-    warm = [{"image": rel, "problem": CLEVR_QUESTION, "count": count}
-            for rel, count in write_split(paths.warmup.parent, style, cfg.warmup, cfg.size, seeds["warmup"])]
-    _write_jsonl(paths.warmup, warm)
-
-    train = [{"image": rel, "problem": CLEVR_QUESTION, "solution": f"<answer> {count} </answer>"}
-             for rel, count in write_split(paths.train.parent, style, cfg.train, cfg.size, seeds["train"])]
-    _write_jsonl(paths.train, train)
-
-    _write_jsonl(paths.eval_id, _eval_rows(paths.eval_id.parent, style, cfg.eval_id, cfg.size, seeds["eval_id"],
-                                           CLEVR_QUESTION))
-    heldout = heldout_style(cfg.ood_counts, cfg.floor, cfg.ood_radius, cfg.cell)
-    _write_jsonl(paths.eval_ood, _eval_rows(paths.eval_ood.parent, heldout, cfg.eval_ood, cfg.size, seeds["eval_ood"],
-                                            SUPERCLEVR_QUESTION))
+        return
+    draw()
     manifest.write_text(json.dumps(wanted, indent=2) + "\n")  # last: its presence means the draw is complete
-    return paths
+
+
+def write_training_scenes(root: str | Path, cfg: SceneConfig = SceneConfig()) -> Scenes:
+    """Every training-distribution split under `root` (deterministic for `cfg`); reuses a complete
+    earlier draw."""
+    scenes = Scenes(Path(root))
+    style = cfg.train_style()
+
+    def draw():
+        write_clevr_train(scenes.warmup.parent, cfg.warmup, cfg.size, cfg.split_seed("warmup"), style)
+        write_superclevr_eval(scenes.dev.parent, cfg.dev, cfg.size, cfg.split_seed("dev"), style,
+                              question=CLEVR_QUESTION)
+        write_clevr_train(scenes.train.parent, cfg.train, cfg.size, cfg.split_seed("train"), style, describe=True)
+        write_superclevr_eval(scenes.eval_id.parent, cfg.eval_id, cfg.size, cfg.split_seed("eval_id"), style,
+                              question=CLEVR_QUESTION)
+
+    _draw_once(scenes.root, cfg, "training", draw)
+    return scenes
+
+
+def write_heldout(root: str | Path, cfg: SceneConfig = SceneConfig()) -> Path:
+    """The SuperCLEVR-like held-out split; the pipeline calls it only once the start model is fixed."""
+    scenes = Scenes(Path(root))
+    _draw_once(scenes.root, cfg, "heldout", lambda: write_superclevr_eval(
+        scenes.eval_ood.parent, cfg.eval_ood, cfg.size, cfg.split_seed("eval_ood"), cfg.heldout_style(),
+        question=SUPERCLEVR_QUESTION))
+    return scenes.eval_ood

@@ -1,30 +1,40 @@
-"""Stage 2: the starting model, and the supervised controls.
+"""Supervised training with TRL's SFTTrainer: the warm-up that makes the start model, and the SFT
+controls that train the start on the very rows GRPO trained on.
 
-`build_start_model` writes a random-init Qwen2-VL (r1v_job.tiny) and warms it up with TRL's
-SFTTrainer on image + conversational prompt/completion rows in R1-V's answer format, so that it
-emits <think>...</think><answer>N</answer> and counts: it plays Qwen2-VL-2B-Instruct.
+The warm-up teaches a random-init tiny Qwen2-VL (r1v_job.tiny) R1-V's answer format and counting,
+so that it plays Qwen2-VL-2B-Instruct: <think>...</think><answer>N</answer> under R1-V's prompts,
+a bare <answer>N</answer> under the direct one. When it stops is demo/start.py's rule.
 
-`supervised_control` is the same supervised training continued from the warmed-up model, on the
-very rows GRPO trained on, with their exact answers: the "more SFT instead of RL" baselines, one
-on the dataset's answers and one on answers written into the start's reasoning template.
+The controls ("more SFT instead of RL"):
+- "answers": the dataset's own `solution` text (CLEVR-70k: "<answer> 3 </answer>"), all a
+  practitioner has to fine-tune on, as CLEVR-70k holds no reasoning.
+- "cot": R1-V's CoT-SFT. Its traces were written by a stronger model (DeepSeek-R1) from each CLEVR
+  scene's text description; here a teacher writes them from each training scene's objects
+  (r1v_job.synthetic's scene descriptions): the objects' sizes, colours and shapes, then the count.
+  They name the training scenes' objects, which is what does not carry over to new ones.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from r1v_job.prompts import EVAL_PROMPTS, TRAIN_PROMPT
+from r1v_job.synthetic import read_jsonl
 
-# The answer formats the model is taught. The thinking is one short sentence: a tiny model pays
-# for every generated token at every rollout and evaluation, and the sentence still makes the
-# answer a "reasoned" one that GRPO's format reward can check.
+# The start's answer formats. The thinking is one short sentence: a tiny model pays for every
+# generated token at every rollout and evaluation, and the sentence still makes the answer a
+# "reasoned" one that GRPO's format reward can check.
 THINK_ANSWER = "<think>There are {n} objects.</think><answer>{n}</answer>"
 # A bare question ("... Answer: ", R1-V's direct prompt) gets a bare tagged answer, as an
 # Instruct model answers a bare question without explaining itself.
 ANSWER_ONLY = "<answer>{n}</answer>"
+
+CONTROLS = ("answers", "cot")
+_COUNT = re.compile(r"\d+")
 
 
 @dataclass(frozen=True)
@@ -46,63 +56,76 @@ class ModelSize:
 
 @dataclass(frozen=True)
 class SFTSettings:
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-3
     batch_size: int = 16
     epochs: float = 1.0
-    max_steps: int = -1  # >0 overrides epochs
+    max_steps: int = -1  # >0 overrides epochs (and is the learning-rate schedule's horizon)
     seed: int = 0
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
 
 
-def _row(image: str, problem: str, template: str, answer: int) -> dict:
-    completion = (ANSWER_ONLY if template == EVAL_PROMPTS["direct"] else THINK_ANSWER).format(n=answer)
+def count_of(solution: str) -> int:
+    """The count in a CLEVR-70k `solution` ("<answer> 3 </answer>")."""
+    return int(_COUNT.search(solution).group())
+
+
+def _row(image: str, problem: str, template: str, completion: str) -> dict:
     return {"image": image,
             "prompt": [{"role": "user", "content": template.format(Question=problem)}],
             "completion": [{"role": "assistant", "content": completion}]}
 
 
-def warmup_rows(path: Path, seed: int = 0) -> list[dict]:
+def start_answer(template: str, n: int) -> str:
+    return (ANSWER_ONLY if template == EVAL_PROMPTS["direct"] else THINK_ANSWER).format(n=n)
+
+
+def warmup_rows(train_jsonl: Path, seed: int = 0) -> list[dict]:
     """Warm-up rows: each scene with its count, under a prompt drawn from R1-V's training,
     evaluation and direct prompts (an Instruct model follows all three phrasings)."""
     rng = random.Random(f"warmup-prompts-{seed}")
     templates = [TRAIN_PROMPT, EVAL_PROMPTS["cot"], EVAL_PROMPTS["direct"]]
     rows = []
-    for line in path.read_text().splitlines():
-        r = json.loads(line)
+    for r in read_jsonl(train_jsonl):
         template = rng.choices(templates, weights=[0.4, 0.4, 0.2])[0]
-        rows.append(_row(str(path.parent / r["image"]), r["problem"], template, r["count"]))
+        rows.append(_row(str(train_jsonl.parent / r["image"]), r["problem"], template,
+                         start_answer(template, count_of(r["solution"]))))
     return rows
 
 
-# The two supervised controls: what GRPO saw, supervised instead of rewarded.
-# - "answers": the dataset's own `solution` text (CLEVR-70k: "<answer> 3 </answer>"), all a
-#   practitioner has to fine-tune on, as CLEVR-70k holds no reasoning.
-# - "traces": the exact answer written into the start model's own reasoning template, a trace that
-#   only exists because the demo wrote the warm-up.
-CONTROLS = ("answers", "traces")
+def teacher_trace(objects: list[dict]) -> str:
+    """What the CoT teacher writes from a scene's description: every object by size, colour and
+    shape, in the description's order, then the count. E.g. "<think>I see a small red cube and a
+    large blue sphere. That makes 2 objects.</think><answer>2</answer>"."""
+    named = [f"a {o['size']} {o['colour']} {o['shape']}" for o in objects]
+    listing = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
+    n = len(objects)
+    return f"<think>I see {listing}. That makes {n} object{'s' if n != 1 else ''}.</think><answer>{n}</answer>"
 
 
 def control_rows(train_jsonl: Path, n: int, kind: str) -> list[dict]:
-    """The first `n` rows of the GRPO training set in the training prompt, completed per `kind`."""
+    """The first `n` rows of the GRPO training set under the training prompt, completed per `kind`."""
     if kind not in CONTROLS:
         raise ValueError(f"unknown SFT control {kind!r}: expected one of {CONTROLS}")
-    rows = []
-    for line in train_jsonl.read_text().splitlines()[:n]:
-        r = json.loads(line)
-        image = str(train_jsonl.parent / r["image"])
+    rows = read_jsonl(train_jsonl)[:n]
+    if kind == "cot":
+        described = {s["image"]: s["objects"] for s in read_jsonl(train_jsonl.parent / "scenes.jsonl")}
+    out = []
+    for r in rows:
         if kind == "answers":
-            rows.append({"image": image,
-                         "prompt": [{"role": "user", "content": TRAIN_PROMPT.format(Question=r["problem"])}],
-                         "completion": [{"role": "assistant", "content": r["solution"]}]})
+            completion = r["solution"]
         else:
-            answer = int(r["solution"].replace("<answer>", "").replace("</answer>", "").strip())
-            rows.append(_row(image, r["problem"], TRAIN_PROMPT, answer))
-    return rows
+            objects = described[r["image"]]
+            if len(objects) != count_of(r["solution"]):  # the description and the label are one scene
+                raise ValueError(f"{train_jsonl.parent / 'scenes.jsonl'}: {r['image']} lists {len(objects)} objects "
+                                 f"but its solution is {r['solution']!r}")
+            completion = teacher_trace(objects)
+        out.append(_row(str(train_jsonl.parent / r["image"]), r["problem"], TRAIN_PROMPT, completion))
+    return out
 
 
 def sft(model_dir: str | Path, rows: list[dict], out: str | Path, settings: SFTSettings,
-        save_steps: int | None = None) -> Path:
+        save_steps: int | None = None, callbacks: list | None = None) -> Path:
     """Supervised fine-tuning of `model_dir` on `rows` with TRL's SFTTrainer (loss on the completion
     only); saves the model and its processor to `out`, and the trainer's log to out/sft_log.json.
     With `save_steps`, weights-only checkpoints go to out/_trainer/checkpoint-N (for accuracy curves)."""
@@ -139,24 +162,14 @@ def sft(model_dir: str | Path, rows: list[dict], out: str | Path, settings: SFTS
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=processor)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=processor,
+                         callbacks=callbacks)
     trainer.train()
     out.mkdir(parents=True, exist_ok=True)
     trainer.save_model(str(out))
     processor.save_pretrained(str(out))
     (out / "sft_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     return out
-
-
-def build_start_model(warmup_jsonl: Path, out: str | Path, size: ModelSize = ModelSize(),
-                      settings: SFTSettings = SFTSettings(), model_seed: int = 0) -> Path:
-    """Random-init tiny Qwen2-VL (out/../init) warmed up on the warm-up rows into `out`."""
-    from r1v_job.tiny import save_tiny_model
-
-    out = Path(out)
-    init = out.parent / (out.name + "-init")
-    save_tiny_model(init, seed=model_seed, **size.kwargs())
-    return sft(init, warmup_rows(Path(warmup_jsonl), settings.seed), out, settings)
 
 
 def supervised_control(start_dir: str | Path, train_jsonl: Path, n_examples: int, kind: str, out: str | Path,

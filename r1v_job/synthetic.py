@@ -12,6 +12,11 @@ writes, with no network and deterministically for a seed:
 
 The held-out style differs from the train style in shapes, colours and sizes (and, by default, in
 the range of object counts), as SuperCLEVR's vehicles differ from CLEVR's primitives.
+
+`write_clevr_train(..., describe=True)` also writes `OUT/clevr/scenes.jsonl`, each scene's objects as
+CLEVR's scene files give them (shape, colour, size, position), one row per image:
+{"image": "images/clevr_000000.png", "objects": [{"shape": "cube", "colour": "red", "size": "small",
+ "x": 20.5, "y": 31.0}, ...]}.
 """
 
 from __future__ import annotations
@@ -84,15 +89,37 @@ def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float,
         raise ValueError(f"unknown shape {shape!r}")
 
 
-def draw_scene(style: SceneStyle, count: int, size: int | tuple[int, int], rng: random.Random) -> Image.Image:
-    """`count` non-overlapping objects of `style` on a `size`x`size` (or (width, height)) image.
-    Object radii are fractions of the shorter side."""
+# Colour names for scene descriptions, as CLEVR's scene files name colours.
+COLOUR_NAMES = {
+    (87, 87, 87): "gray", (173, 35, 35): "red", (42, 75, 215): "blue", (29, 105, 20): "green",
+    (129, 74, 25): "brown", (129, 38, 192): "purple", (41, 208, 208): "cyan", (255, 238, 51): "yellow",
+    (255, 140, 0): "orange", (255, 105, 180): "pink", (245, 245, 245): "white", (20, 20, 20): "black",
+    (0, 128, 128): "teal",
+}
+
+
+def draw_described_scene(style: SceneStyle, count: int, size: int | tuple[int, int],
+                         rng: random.Random) -> tuple[Image.Image, list[dict]]:
+    """`draw_scene`'s image (the same pixels for the same generator state) and its objects in
+    drawing order: shape, colour name, size ("small" below the middle of the style's radius range,
+    else "large", as CLEVR's two sizes) and centre in pixels."""
     width, height = (size, size) if isinstance(size, int) else size
     image = Image.new("RGB", (width, height), style.background)
     draw = ImageDraw.Draw(image)
+    middle = sum(style.radius) / 2 * min(width, height)
+    objects = []
     for cx, cy, r in (_cell_places if style.cell else _free_places)(style, count, width, height, rng):
-        _draw(draw, rng.choice(style.shapes), cx, cy, r, rng.choice(style.colours))
-    return image
+        shape, colour = rng.choice(style.shapes), rng.choice(style.colours)
+        _draw(draw, shape, cx, cy, r, colour)
+        objects.append({"shape": shape, "colour": COLOUR_NAMES.get(colour, "rgb{}".format(colour)),
+                        "size": "small" if r < middle else "large", "x": round(cx, 1), "y": round(cy, 1)})
+    return image, objects
+
+
+def draw_scene(style: SceneStyle, count: int, size: int | tuple[int, int], rng: random.Random) -> Image.Image:
+    """`count` non-overlapping objects of `style` on a `size`x`size` (or (width, height)) image.
+    Object radii are fractions of the shorter side."""
+    return draw_described_scene(style, count, size, rng)[0]
 
 
 def _free_places(style: SceneStyle, count: int, width: int, height: int, rng: random.Random):
@@ -125,37 +152,62 @@ def _cell_places(style: SceneStyle, count: int, width: int, height: int, rng: ra
     return places
 
 
-def write_split(out: Path, style: SceneStyle, n: int, size: int | tuple[int, int], seed: int):
-    """Draw `n` scenes of `style`; yields (relative image path, count)."""
+def write_described_split(out: Path, style: SceneStyle, n: int, size: int | tuple[int, int], seed: int):
+    """Draw `n` scenes of `style`; yields (relative image path, the scene's objects)."""
     rng = random.Random(f"{style.name}-{seed}")
     (out / "images").mkdir(parents=True, exist_ok=True)
     for i in range(n):
         count = rng.randint(*style.counts)
         rel = f"images/{style.name}_{i:06d}.png"
-        draw_scene(style, count, size, rng).save(out / rel)
-        yield rel, count
+        image, objects = draw_described_scene(style, count, size, rng)
+        image.save(out / rel)
+        yield rel, objects
+
+
+def write_split(out: Path, style: SceneStyle, n: int, size: int | tuple[int, int], seed: int):
+    """Draw `n` scenes of `style`; yields (relative image path, count)."""
+    for rel, objects in write_described_split(out, style, n, size, seed):
+        yield rel, len(objects)
+
+
+def clevr_row(image: str, count: int) -> dict:
+    """One CLEVR-70k row."""
+    return {"image": image, "problem": CLEVR_QUESTION, "solution": f"<answer> {count} </answer>"}
+
+
+def eval_row(image: str, count: int, question: str = SUPERCLEVR_QUESTION) -> dict:
+    """One row of R1-V's SuperCLEVR eval format; `image` relative to the file's folder."""
+    return {"image_path": f"./{image}", "question": question, "ground_truth": count}
+
+
+def write_jsonl(path: str | Path, rows) -> Path:
+    """One JSON object a line: the format of every file here."""
+    path = Path(path)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def write_clevr_train(out: str | Path, n: int, size: int | tuple[int, int] = 112, seed: int = 0,
-                      style: SceneStyle = CLEVR_STYLE) -> Path:
-    """CLEVR-70k schema: image, problem, solution. Returns the jsonl path."""
+                      style: SceneStyle = CLEVR_STYLE, describe: bool = False) -> Path:
+    """CLEVR-70k schema: image, problem, solution. Returns the jsonl path. With `describe`, each
+    scene's objects also go to OUT/scenes.jsonl (see the module docstring)."""
     out = Path(out)
-    rows = [{"image": rel, "problem": CLEVR_QUESTION, "solution": f"<answer> {count} </answer>"}
-            for rel, count in write_split(out, style, n, size, seed)]
-    path = out / "train.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    scenes = list(write_described_split(out, style, n, size, seed))
+    if describe:
+        write_jsonl(out / "scenes.jsonl", ({"image": rel, "objects": objects} for rel, objects in scenes))
+    return write_jsonl(out / "train.jsonl", (clevr_row(rel, len(objects)) for rel, objects in scenes))
 
 
 def write_superclevr_eval(out: str | Path, n: int, size: int = 112, seed: int = 0,
-                          style: SceneStyle = SUPERCLEVR_STYLE) -> Path:
+                          style: SceneStyle = SUPERCLEVR_STYLE, question: str = SUPERCLEVR_QUESTION) -> Path:
     """R1-V's SuperCLEVR eval format: image_path, question, ground_truth. Returns the jsonl path."""
     out = Path(out)
-    rows = [{"image_path": f"./{rel}", "question": SUPERCLEVR_QUESTION, "ground_truth": count}
-            for rel, count in write_split(out, style, n, size, seed)]
-    path = out / "questions.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_jsonl(out / "questions.jsonl", (eval_row(rel, count, question)
+                                                 for rel, count in write_split(out, style, n, size, seed)))
 
 
 def _range(text: str) -> tuple[int, int]:

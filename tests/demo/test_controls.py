@@ -1,5 +1,5 @@
-"""The two supervised controls train on GRPO's rows: one on the dataset's own answers, one on the
-same answers written into the start model's reasoning template."""
+"""The SFT controls train on GRPO's rows: one on the dataset's own answers, one (R1-V's CoT-SFT) on
+traces a teacher writes from each training scene's description."""
 
 from __future__ import annotations
 
@@ -7,18 +7,18 @@ import json
 
 import pytest
 
-from demo.warmup import control_rows
+from demo.warmup import control_rows, teacher_trace
 from r1v_job.prompts import TRAIN_PROMPT
 from r1v_job.rewards import accuracy_reward, format_reward
+from r1v_job.synthetic import CLEVR_STYLE, read_jsonl, write_clevr_train
 
 
-@pytest.fixture
-def train_jsonl(tmp_path):
-    rows = [{"image": f"images/s{i}.png", "problem": "How many items are there in the image?",
-             "solution": f"<answer> {n} </answer>"} for i, n in enumerate([3, 1, 6, 2])]
-    path = tmp_path / "train.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+@pytest.fixture(scope="module")
+def train_jsonl(tmp_path_factory):
+    from dataclasses import replace
+
+    return write_clevr_train(tmp_path_factory.mktemp("train"), 6, 112, seed=3, style=replace(CLEVR_STYLE, cell=28),
+                             describe=True)
 
 
 def _completions(rows):
@@ -27,19 +27,44 @@ def _completions(rows):
 
 def test_answers_control_fine_tunes_on_the_dataset_solution_verbatim(train_jsonl):
     rows = control_rows(train_jsonl, 3, "answers")
-    assert _completions(rows) == ["<answer> 3 </answer>", "<answer> 1 </answer>", "<answer> 6 </answer>"]
+    solutions = [r["solution"] for r in read_jsonl(train_jsonl)]
+    assert _completions(rows) == solutions[:3]
     assert rows[0]["prompt"][0]["content"] == TRAIN_PROMPT.format(Question="How many items are there in the image?")
-    assert rows[1]["image"] == str(train_jsonl.parent / "images/s1.png")
+    assert rows[1]["image"] == str(train_jsonl.parent / read_jsonl(train_jsonl)[1]["image"])
 
 
-def test_traces_control_writes_the_same_answers_into_the_reasoning_template(train_jsonl):
-    rows = control_rows(train_jsonl, 4, "traces")
+def test_cot_control_traces_name_each_scenes_objects_then_its_count(train_jsonl):
+    rows = control_rows(train_jsonl, 6, "cot")
     completions = _completions(rows)
+    scenes = read_jsonl(train_jsonl.parent / "scenes.jsonl")
+    for completion, scene in zip(completions, scenes, strict=True):
+        for obj in scene["objects"]:
+            assert f"{obj['size']} {obj['colour']} {obj['shape']}" in completion
     # Every trace passes R1-V's format rule and earns the accuracy reward against its own row.
-    assert format_reward(completions) == [1.0] * 4
-    solutions = [json.loads(line)["solution"] for line in train_jsonl.read_text().splitlines()]
-    assert accuracy_reward(completions, solution=solutions) == [1.0] * 4
-    assert [r["prompt"] for r in rows] == [r["prompt"] for r in control_rows(train_jsonl, 4, "answers")]
+    assert format_reward(completions) == [1.0] * 6
+    solutions = [r["solution"] for r in read_jsonl(train_jsonl)]
+    assert accuracy_reward(completions, solution=solutions) == [1.0] * 6
+    assert [r["prompt"] for r in rows] == [r["prompt"] for r in control_rows(train_jsonl, 6, "answers")]
+
+
+def test_teacher_trace_lists_objects_in_the_descriptions_order():
+    objects = [{"shape": "cube", "colour": "red", "size": "small"}, {"shape": "sphere", "colour": "blue", "size": "large"},
+               {"shape": "cylinder", "colour": "gray", "size": "small"}]
+    assert teacher_trace(objects) == ("<think>I see a small red cube, a large blue sphere and a small gray cylinder. "
+                                      "That makes 3 objects.</think><answer>3</answer>")
+    assert teacher_trace(objects[:1]) == "<think>I see a small red cube. That makes 1 object.</think><answer>1</answer>"
+
+
+def test_a_description_that_disagrees_with_its_label_is_named(tmp_path, train_jsonl):
+    import shutil
+
+    folder = tmp_path / "train"
+    shutil.copytree(train_jsonl.parent, folder)
+    scenes = read_jsonl(folder / "scenes.jsonl")
+    scenes[0]["objects"] = scenes[0]["objects"] + [scenes[0]["objects"][0]]
+    (folder / "scenes.jsonl").write_text("".join(json.dumps(s) + "\n" for s in scenes))
+    with pytest.raises(ValueError, match=f"{scenes[0]['image']} lists {len(scenes[0]['objects'])} objects"):
+        control_rows(folder / "train.jsonl", 2, "cot")
 
 
 def test_unknown_control_is_named(train_jsonl):

@@ -1,5 +1,6 @@
-"""The demo pipeline end to end on a handful of scenes (`python -m demo --quick`): the real trainer
-and evaluator entry points, a few GRPO steps. The full demo's figures live in docs/demo.md."""
+"""The demo pipeline end to end on a handful of scenes and two seeds (`python -m demo --quick`): the
+real trainer and evaluator entry points, a few GRPO steps, run twice. The full demo's figures live
+in docs/demo.md."""
 
 from __future__ import annotations
 
@@ -11,90 +12,159 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from demo.report import MODELS
+from demo.layout import Layout
+from demo.report import MODELS, grpo_log_history, mean_ci
 
 REPO = Path(__file__).resolve().parents[2]
+SEEDS = (0, 1)
+
+
+def _run(out: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "demo", "--quick", "--out", str(out), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory, pushgateway) -> Path:
-    out = tmp_path_factory.mktemp("demo")
-    proc = subprocess.run([sys.executable, "-m", "demo", "--quick", "--out", str(out), "--pushgateway", pushgateway.url,
-                           "--run", "quick"], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return out
+def quick_runs(tmp_path_factory, pushgateway) -> list[tuple[Path, str]]:
+    runs = []
+    for i in (1, 2):
+        out = tmp_path_factory.mktemp(f"demo{i}")
+        proc = _run(out, "--pushgateway", pushgateway.url, "--run", f"quick{i}")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        runs.append((out, proc.stdout))
+    return runs
 
 
-def _log_history(grpo_dir: Path) -> list[dict]:
-    states = sorted(grpo_dir.glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
-    assert states, f"no GRPO checkpoint with a trainer_state.json in {grpo_dir}"
-    return json.loads(states[-1].read_text())["log_history"]
+@pytest.fixture(scope="module")
+def quick_run(quick_runs) -> Path:
+    return quick_runs[0][0]
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_two_quick_runs_give_identical_figures(quick_runs):
+    first, second = (_summary(out) for out, _ in quick_runs)
+    first.pop("timings_seconds"), second.pop("timings_seconds")
+    assert first == second
+    for seed in SEEDS:  # and the same weights
+        a, b = (load_file(Layout(out).seed(seed).grpo / "model.safetensors") for out, _ in quick_runs)
+        assert all((a[k] == b[k]).all() for k in a)
 
 
 @pytest.mark.slow
 def test_rewards_vary_within_groups(quick_run):
     # GRPO learns only from differences between a prompt's completions: if every group's rewards
     # were equal, every advantage would be zero and the run would teach nothing.
-    steps = [e for e in _log_history(quick_run / "grpo") if "reward_std" in e]
-    assert steps, "the trainer logged no reward statistics"
-    assert any(e["reward_std"] > 0 for e in steps), [e["reward_std"] for e in steps]
-    assert any(e.get("frac_reward_zero_std", 0.0) < 1.0 for e in steps)
+    for seed in SEEDS:
+        steps = [e for e in grpo_log_history(Layout(quick_run).seed(seed).grpo) if "reward_std" in e]
+        assert steps, "the trainer logged no reward statistics"
+        assert any(e["reward_std"] > 0 for e in steps), [e["reward_std"] for e in steps]
 
 
 @pytest.mark.slow
-def test_grpo_changes_the_policy(quick_run):
-    start = load_file(quick_run / "models" / "start" / "model.safetensors")
-    grpo = load_file(quick_run / "grpo" / "model.safetensors")
-    assert start.keys() == grpo.keys()
-    changed = [name for name in start if not (start[name] == grpo[name]).all()]
-    assert changed, "GRPO left every parameter of the warmed-up model unchanged"
+def test_grpo_changes_the_policy_of_every_seed(quick_run):
+    starts = []
+    for seed in SEEDS:
+        L = Layout(quick_run).seed(seed)
+        start = load_file(L.start / "model.safetensors")
+        grpo = load_file(L.grpo / "model.safetensors")
+        assert start.keys() == grpo.keys()
+        assert any(not (start[k] == grpo[k]).all() for k in start), f"seed {seed}: GRPO changed no parameter"
+        starts.append(start)
+    # The seeds are different runs: other scenes and another random init.
+    assert any(not (starts[0][k] == starts[1][k]).all() for k in starts[0])
 
 
 @pytest.mark.slow
-def test_summary_and_plot_written(quick_run):
-    summary = json.loads((quick_run / "summary.json").read_text())
-    cells = {(r["model"], r["split"], r["prompt"]) for r in summary["rows"]}
-    assert cells == {(m, s, p) for m in MODELS for s in ("heldout", "in_dist")
-                     for p in ("cot", "direct")}
-    for r in summary["rows"]:
-        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["format_rate"] <= 1.0
-        assert 0 <= r["parse_failures"] <= r["evaluated"]
-    # One held-out point per GRPO checkpoint plus the final model, at increasing steps.
-    grpo_steps = [p["step"] for p in summary["heldout_curves"]["grpo"]["cot"]]
-    assert len(grpo_steps) >= 2 and grpo_steps == sorted(grpo_steps)
-    assert summary["grpo_rewards"], "no GRPO rewards against step"
-    # The headline gains are differences of the held-out rows, for each prompt.
-    acc = {(r["model"], r["prompt"]): r["accuracy"] for r in summary["rows"] if r["split"] == "heldout"}
-    assert [h["prompt"] for h in summary["headline"]] == ["cot", "direct"]
+def test_heldout_split_is_drawn_after_the_start_is_fixed(quick_run):
+    for seed in SEEDS:
+        L = Layout(quick_run).seed(seed)
+        rule = json.loads((L.start / "start_rule.json").read_text())
+        assert rule["stopped_at"] == rule["crossed_at"] + rule["rule"]["margin"]
+        assert L.scenes.eval_ood.stat().st_mtime_ns > (L.start / "start_rule.json").stat().st_mtime_ns
+
+
+@pytest.mark.slow
+def test_per_seed_rows_means_intervals_and_plot(quick_run):
+    summary = _summary(quick_run)
+    assert summary["seeds"] == list(SEEDS) and [p["seed"] for p in summary["per_seed"]] == list(SEEDS)
+    cells = {(m, s, p) for m in MODELS for s in ("heldout", "in_dist") for p in ("cot", "direct")}
+    for per in summary["per_seed"]:
+        assert {(r["model"], r["split"], r["prompt"]) for r in per["rows"]} == cells
+        for r in per["rows"]:
+            assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["format_rate"] <= 1.0
+            assert 0 <= r["parse_failures"] <= r["evaluated"]
+        # One held-out point per checkpoint plus the final model, at increasing steps.
+        for model in ("grpo", "sft_answers", "sft_cot"):
+            steps = [p["step"] for p in per["heldout_curves"][model]["cot"]]
+            assert len(steps) >= 2 and steps == sorted(steps)
+        assert per["grpo_rewards"], "no GRPO rewards against step"
+    # Means are over the per-seed rows, with a t-interval; headline gains are per-seed differences.
+    for m in summary["means"]:
+        values = [100 * next(r["accuracy"] for r in per["rows"] if (r["model"], r["split"], r["prompt"]) ==
+                             (m["model"], m["split"], m["prompt"])) for per in summary["per_seed"]]
+        expected = mean_ci(values)
+        assert m["accuracy"]["values"] == pytest.approx(values)
+        assert m["accuracy"]["mean"] == pytest.approx(expected["mean"])
+        assert m["accuracy"]["ci95"] == pytest.approx(expected["ci95"])
     for h in summary["headline"]:
-        for model in ("start", "sft_answers", "sft_traces"):
-            assert h[f"grpo_minus_{model}_points"] == pytest.approx(
-                100 * (acc["grpo", h["prompt"]] - acc[model, h["prompt"]]), abs=0.06)
+        acc = [{(r["model"]): r["accuracy"] for r in per["rows"] if r["split"] == "heldout" and r["prompt"] == h["prompt"]}
+               for per in summary["per_seed"]]
+        for model in ("start", "sft_answers", "sft_cot"):
+            assert h[f"grpo_minus_{model}_points"]["values"] == pytest.approx(
+                [100 * (a["grpo"] - a[model]) for a in acc], abs=0.06)
     table = (quick_run / "summary.txt").read_text()
-    assert all(label in table for label in MODELS.values())
+    assert all(label in table for label in MODELS.values()) and "95% CI" in table
     png = (quick_run / "demo_plot.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
 
 
 @pytest.mark.slow
+def test_terminal_shows_stages_and_the_table_while_trainer_output_goes_to_stage_logs(quick_runs):
+    out, stdout = quick_runs[0]
+    for seed in SEEDS:
+        for stage in ("start", "grpo", "controls", "score_grpo"):
+            assert f"seed {seed} {stage}: started" in stdout and f"seed {seed} {stage}: done in" in stdout
+    assert "GRPO minus" in stdout and "95% CI" in stdout
+    assert "'loss'" not in stdout and "Writing model shards" not in stdout
+    logs = "".join(p.read_text() for p in out.glob("seed-*/logs/*.log"))
+    assert "'loss'" in logs and "step 4/4" in logs
+
+
+@pytest.mark.slow
 def test_scores_reach_the_pushgateway(quick_run, pushgateway):
-    summary = json.loads((quick_run / "summary.json").read_text())
-    for r in summary["rows"]:
-        labels = {"job": "r1v-demo", "run": "quick", "model": r["model"], "split": r["split"], "prompt": r["prompt"]}
-        assert pushgateway.value("r1v_demo_accuracy_ratio", **labels) == pytest.approx(r["accuracy"])
-        assert pushgateway.value("r1v_demo_parse_failures", **labels) == r["parse_failures"]
-    assert pushgateway.value("r1v_demo_duration_seconds", run="quick") == summary["timings_seconds"]["total"]
-    # The evaluator pushed its own series, one run label per model and split (a push replaces its group).
+    summary = _summary(quick_run)
+    for per in summary["per_seed"]:
+        for r in per["rows"]:
+            labels = {"job": "r1v-demo", "run": "quick1", "model": r["model"], "split": r["split"],
+                      "prompt": r["prompt"], "seed": str(per["seed"])}
+            assert pushgateway.value("r1v_demo_accuracy_ratio", **labels) == pytest.approx(r["accuracy"])
+            assert pushgateway.value("r1v_demo_parse_failures", **labels) == r["parse_failures"]
+    for m in summary["means"]:
+        assert pushgateway.value("r1v_demo_accuracy_ratio", job="r1v-demo", run="quick1", model=m["model"],
+                                 split=m["split"], prompt=m["prompt"], seed="mean") == pytest.approx(
+            m["accuracy"]["mean"] / 100)
+    assert pushgateway.value("r1v_demo_duration_seconds", run="quick1") == summary["timings_seconds"]["total"]
+    # The evaluator pushed its own series, one run label per seed, model and split.
     for model in MODELS:
-        assert pushgateway.samples("r1v_eval_accuracy_ratio", run=f"quick-{model}-heldout", prompt="cot")
+        assert pushgateway.samples("r1v_eval_accuracy_ratio", run=f"quick1-s1-{model}-heldout", prompt="cot")
 
 
 def test_more_grpo_steps_than_training_scenes_is_refused_before_any_work(tmp_path):
     # 4 steps x 2 prompts fit the quick run's 16 scenes; 40 steps would need 80 and make GRPO
     # loop over rows the SFT controls see once.
-    proc = subprocess.run([sys.executable, "-m", "demo", "--quick", "--out", str(tmp_path), "--set", "max_steps=40"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = _run(tmp_path, "--set", "max_steps=40")
     assert proc.returncode == 2
     assert "GRPO needs 80 training scenes (max_steps 40 x 2 prompts per step)" in proc.stderr
     assert "SceneConfig.train draws 16" in proc.stderr
-    assert not (tmp_path / "scenes").exists()
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_unknown_recipe_field_is_refused_by_the_trainers_parser(tmp_path):
+    proc = _run(tmp_path, "--set", "no_such_field=1")
+    assert proc.returncode == 2
+    assert "no_such_field" in proc.stderr.splitlines()[-1]
+    assert not list(tmp_path.iterdir())
