@@ -1,11 +1,15 @@
-"""Helpers shared by every test package: a free loopback port and kmock's fake Kubernetes API server."""
+"""Helpers shared by every test package: a free loopback port, waiting for a real server to be ready, and
+kmock's fake Kubernetes API server."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import socket
+import subprocess
 import threading
+import time
+import urllib.request
 from pathlib import Path
 
 
@@ -14,6 +18,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_ready(proc: subprocess.Popen, url: str, log: Path, name: str, timeout: float) -> None:
+    """Until `url` answers 200, or fail the test with `name`'s log: it exited, or never got ready."""
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{name} exited with {proc.returncode}: {log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail(f"{name} on {url} not ready: {log.read_text()}")
 
 
 class FakeKubernetes:

@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 from tests.chart.r1v_chart_helpers import CHART, REPO, only, render
 from tests.chart.test_chart_dashboard import DASHBOARDS, exprs
 from tests.eval.r1v_eval_helpers import Pushgateway
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -46,17 +46,7 @@ class Prometheus:
             self.proc = subprocess.Popen(
                 [binary, f"--config.file={directory / 'prometheus.yml'}", f"--storage.tsdb.path={directory / 'data'}",
                  f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"prometheus exited with {self.proc.returncode}: {self.log.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        pytest.fail(f"prometheus on {self.url} not ready: {self.log.read_text()}")
+        wait_ready(self.proc, f"{self.url}/-/ready", self.log, "prometheus", timeout=30)
 
     def wait_for_scrapes(self, targets: int, timeout: float = 30) -> None:
         """Until each target has been tried once: Prometheus hands discovered targets to its scrapers

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import wait_ready
 
 
 PUSHGATEWAY_BIN = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
@@ -33,17 +34,8 @@ class Pushgateway:
             self.proc = subprocess.Popen([PUSHGATEWAY_BIN, f"--web.listen-address=127.0.0.1:{self.port}",
                                           "--persistence.file="],
                                          stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"pushgateway exited with {self.proc.returncode}: {self.log.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.1)
-        pytest.fail(f"pushgateway on {self.url} not ready: {self.log.read_text()}")
+        wait_ready(self.proc, f"{self.url}/-/ready", self.log, "pushgateway", timeout=20)
+        return self
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
