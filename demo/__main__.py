@@ -15,6 +15,7 @@ import yaml
 
 from demo.config import FULL, QUICK
 from demo.pipeline import run_demo
+from r1v_job.preflight import UsageError
 
 
 def _override(text: str) -> tuple[str, object]:
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                   **{k: getattr(args, k) for k in ("seeds", "threads", "workers") if getattr(args, k) is not None})
     try:
         run_demo(args.out, cfg, pushgateway=args.pushgateway, run_name=args.run, echo=lambda s: print(s, flush=True))
-    except ValueError as err:  # settings that cannot run together: say which, without a traceback
+    except (UsageError, ValueError) as err:  # a recipe field the trainer refuses, or settings that cannot run
+        # together: say which, without a traceback
         p.error(str(err))
     return 0
 
