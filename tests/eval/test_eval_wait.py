@@ -183,18 +183,24 @@ def test_bad_wait_for_is_a_usage_error(spec, tiny_model, questions, tmp_path):
     assert e.value.code == cli.EXIT_USAGE
 
 
-def test_forbidden_job_fails_at_once_instead_of_waiting(fake_k8s, tiny_model, questions, tmp_path, caplog):
+@pytest.mark.parametrize("kind, path, plural", [
+    ("PyTorchJob", "/apis/kubeflow.org/v1/namespaces/team/pytorchjobs/{name}", "pytorchjobs.kubeflow.org"),
+    ("TrainJob", "/apis/trainer.kubeflow.org/v1alpha1/namespaces/team/trainjobs/{name}",
+     "trainjobs.trainer.kubeflow.org"),
+])
+def test_forbidden_job_fails_at_once_instead_of_waiting(kind, path, plural, fake_k8s, tiny_model, questions,
+                                                        tmp_path, caplog):
     import kmock
 
     # RBAC refusing the evaluator's service account will not fix itself: no point waiting a day.
-    fake_k8s.emulator[f"get {JOB_PATH.format(name='r1v-denied')}"] << kmock.KubernetesError(
-        status=403, reason="Forbidden", message="pytorchjobs.kubeflow.org is forbidden")
+    fake_k8s.emulator[f"get {path.format(name='r1v-denied')}"] << kmock.KubernetesError(
+        status=403, reason="Forbidden", message=f"{plural} is forbidden")
     started = time.monotonic()
     rc = cli.main(["--model", str(tiny_model), "--data", str(questions), "--out", str(tmp_path / "out"),
-                   "--wait-for", "pytorchjob/r1v-denied", *k8s_args(fake_k8s), "--timeout", "60"])
+                   "--wait-for", f"{kind.lower()}/r1v-denied", *k8s_args(fake_k8s), "--timeout", "60"])
     assert rc == cli.EXIT_INPUT
     assert time.monotonic() - started < 30
-    assert "cannot read the training job: Failed to get PyTorchJob: team/r1v-denied. Error: (403)" in caplog.text
+    assert f"cannot read the training job: Failed to get {kind}: team/r1v-denied. Error: (403)" in caplog.text
 
 
 # --- Kubeflow Trainer v2: TrainJob -----------------------------------------------------------------
@@ -259,16 +265,3 @@ def test_trainjob_still_running_at_the_timeout_exits_nonzero(fake_k8s, tiny_mode
                    "--wait-for", "trainjob/r1v-v2slow", *k8s_args(fake_k8s), "--timeout", "0.5"])
     assert rc == cli.EXIT_WAIT_TIMEOUT
     assert "TrainJob team/r1v-v2slow did not finish within" in caplog.text
-
-
-def test_forbidden_trainjob_fails_at_once(fake_k8s, tiny_model, questions, tmp_path, caplog):
-    import kmock
-
-    fake_k8s.emulator[f"get {TRAINJOB_PATH.format(name='r1v-v2denied')}"] << kmock.KubernetesError(
-        status=403, reason="Forbidden", message="trainjobs.trainer.kubeflow.org is forbidden")
-    started = time.monotonic()
-    rc = cli.main(["--model", str(tiny_model), "--data", str(questions), "--out", str(tmp_path / "out"),
-                   "--wait-for", "trainjob/r1v-v2denied", *k8s_args(fake_k8s), "--timeout", "60"])
-    assert rc == cli.EXIT_INPUT
-    assert time.monotonic() - started < 30
-    assert "cannot read the training job: Failed to get TrainJob: team/r1v-v2denied. Error: (403)" in caplog.text
