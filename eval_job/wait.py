@@ -84,6 +84,13 @@ def wait_for_marker(directory: str | Path, timeout: float, poll: float) -> dict:
         time.sleep(poll)
 
 
+def _unreachable(kind: str, name: str, kubeconfig: str | None, error: Exception) -> WaitConfigError:
+    where = f"--kubeconfig {kubeconfig}" if kubeconfig else "no in-cluster service account and no kubeconfig"
+    return WaitConfigError(f"--wait-for {kind}/{name}: cannot reach the Kubernetes API ({where}: "
+                           f"{' '.join(str(error).split())}); run in a pod, or pass --kubeconfig FILE, "
+                           "or use --wait-for marker")
+
+
 def wait_for_pytorchjob(name: str, namespace: str | None, timeout: float, poll: float,
                         kubeconfig: str | None = None):
     """Block until PyTorchJob NAME has Succeeded; raise TrainingFailed if it Failed. Uses `kubeconfig`
@@ -99,10 +106,7 @@ def wait_for_pytorchjob(name: str, namespace: str | None, timeout: float, poll: 
     try:
         client = TrainingClient(config_file=kubeconfig, **options)
     except (ConfigException, OSError) as e:
-        where = f"--kubeconfig {kubeconfig}" if kubeconfig else "no in-cluster service account and no kubeconfig"
-        raise WaitConfigError(f"--wait-for pytorchjob/{name}: cannot reach the Kubernetes API ({where}: "
-                              f"{' '.join(str(e).split())}); run in a pod, or pass --kubeconfig FILE, "
-                              "or use --wait-for marker") from e
+        raise _unreachable("pytorchjob", name, kubeconfig, e) from e
     namespace = client.namespace
     done = {constants.JOB_CONDITION_SUCCEEDED, constants.JOB_CONDITION_FAILED}
     deadline = time.monotonic() + timeout
@@ -147,16 +151,23 @@ def wait_for_trainjob(name: str, namespace: str | None, timeout: float, poll: fl
     """Block until TrainJob NAME is Complete; raise TrainingFailed if it Failed. Connects as
     wait_for_pytorchjob does; retries what it retries (not found yet, API unreachable) and fails at
     once on any other refusal (403: RBAC) with a RuntimeError."""
-    import urllib3
-    from kubeflow.training.utils.utils import get_default_target_namespace, is_running_in_k8s
-    from kubernetes import client, config
-    from kubernetes.client.rest import ApiException
+    try:
+        import urllib3
+        from kubeflow.training.utils.utils import get_default_target_namespace, is_running_in_k8s
+        from kubernetes import client, config
+        from kubernetes.client.rest import ApiException
+        from kubernetes.config import ConfigException
+    except ImportError as e:
+        raise WaitConfigError(f"--wait-for trainjob needs the kubernetes client (pip install 'r1v-k8s[k8s]'): {e}") from e
 
-    if kubeconfig or not is_running_in_k8s():
-        api_client = config.new_client_from_config(config_file=kubeconfig)
-    else:
-        config.load_incluster_config()
-        api_client = client.ApiClient()
+    try:
+        if kubeconfig or not is_running_in_k8s():
+            api_client = config.new_client_from_config(config_file=kubeconfig)
+        else:
+            config.load_incluster_config()
+            api_client = client.ApiClient()
+    except (ConfigException, OSError) as e:
+        raise _unreachable("trainjob", name, kubeconfig, e) from e
     namespace = namespace or get_default_target_namespace()
     api = client.CustomObjectsApi(api_client)
     where = f"TrainJob {namespace}/{name}"

@@ -128,13 +128,13 @@ def _is_main_process() -> bool:
 def _finished(output_dir: Path, marker_name: str, at_least: int) -> dict | None:
     """The completion marker when it matches the final model's files and is at step `at_least` or later.
 
-    Rank 0 checks the digests; the other ranks only the sizes (8 ranks reading 9 GB each from a shared
-    volume helps nobody). Whatever they conclude, the paths that follow need no collective.
+    Every rank checks the digests: a rank that judged by sizes alone could find the run finished while
+    rank 0 trains again, and rank 0 would then wait on it at its first collective until ddp_timeout.
     """
     marker = ckpt.read_marker(output_dir, marker_name)
     if marker is None:
         return None
-    problem = ckpt.marker_problem(output_dir, marker, digests=_is_main_process())
+    problem = ckpt.marker_problem(output_dir, marker, digests=True)
     if problem:
         logger.warning("%s does not match the final model (%s): finishing the run again",
                        output_dir / marker_name, problem)

@@ -157,16 +157,17 @@ def test_a_marker_that_does_not_match_the_final_model_is_refused(copy_model, que
     assert not (tmp_path / "out").exists()
 
 
-def test_waiting_for_a_pytorchjob_without_a_kubeconfig_is_one_line(tiny_model, questions, tmp_path):
+@pytest.mark.parametrize("kind", ["pytorchjob", "trainjob"])
+def test_waiting_for_a_job_without_a_kubeconfig_is_one_line(kind, tiny_model, questions, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")}
     env["HOME"] = str(tmp_path)  # no ~/.kube/config
     result = subprocess.run([sys.executable, "-m", "eval_job", "--model", str(tiny_model), "--data", str(questions),
-                             "--out", str(tmp_path / "out"), "--wait-for", "pytorchjob/r1v"],
+                             "--out", str(tmp_path / "out"), "--wait-for", f"{kind}/r1v"],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == cli.EXIT_USAGE
     err = result.stderr.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert "--wait-for pytorchjob/r1v: cannot reach the Kubernetes API" in err[0] and "--kubeconfig" in err[0]
+    assert f"--wait-for {kind}/r1v: cannot reach the Kubernetes API" in err[0] and "--kubeconfig" in err[0]
 
 
 def test_marker_timeout_exits_nonzero(tiny_model, questions, tmp_path, caplog):
