@@ -4,7 +4,6 @@ grace period, progress is counted to the final step, resumed token counts are no
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 import urllib.request
@@ -15,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from transformers import TrainerState
 
 from r1v_job.metrics import PrometheusCallback, StepLogCallback
+from tests.helpers import free_port
 
 
 def _state(global_step=0, max_steps=10, tokens=0, rank0=True) -> TrainerState:
@@ -28,14 +28,8 @@ def _scrape(port: int) -> dict:
     return {s.name: s.value for f in text_string_to_metric_families(body) for s in f.samples if not s.labels}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_finish_serves_the_final_values_for_the_grace_period_then_stops():
-    port = _free_port()
+    port = free_port()
     callback = PrometheusCallback(port, [], addr="127.0.0.1", stop_at_step=4, grace_seconds=1.5)
     callback.on_train_begin(None, _state(max_steps=10), None)
     assert _scrape(port)["r1v_train_final_step"] == 4 and _scrape(port)["r1v_train_max_steps"] == 10
@@ -54,7 +48,7 @@ def test_finish_serves_the_final_values_for_the_grace_period_then_stops():
 
 
 def test_other_ranks_neither_serve_nor_wait():
-    port = _free_port()
+    port = free_port()
     callback = PrometheusCallback(port, [], addr="127.0.0.1", grace_seconds=30)
     callback.on_train_begin(None, _state(rank0=False), None)
     started = time.monotonic()

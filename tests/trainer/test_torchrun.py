@@ -79,6 +79,10 @@ def test_two_process_ddp_run_killed_after_a_checkpoint_resumes_bit_for_bit(tiny_
     base = safetensors.torch.load_file(str(tiny_model_dir / "model.safetensors"))
     assert all(not torch.equal(a[k], base[k]) for k in base)  # the weights moved
     assert all(torch.equal(a[k], b[k]) for k in base)
+    # Steps 3-4, the ones after the restart, moved the weights too: a resume that kept checkpoint-2's
+    # weights without training on would not pass the equality above.
+    at_2 = safetensors.torch.load_file(str(tmp_path / "straight" / "checkpoint-2" / "model.safetensors"))
+    assert sum(not torch.equal(a[k], at_2[k]) for k in base) > len(base) // 2
 
     def losses(out):
         history = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
