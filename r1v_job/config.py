@@ -28,7 +28,7 @@ class R1VScriptArguments(ScriptArguments):
     reward_funcs: list[str] = field(
         default_factory=lambda: ["accuracy_reward", "format_reward"],
         metadata={"help": "Reward functions, a list: names from r1v_job.rewards.REWARD_FUNCS or import paths "
-                          "`my_pkg.rewards:fn` (TRL's convention); their sum is the reward."},
+                          "`my_pkg.rewards:fn` (module:function, as entry points write it); their sum is the reward."},
     )
     min_pixels: int = field(default=3136, metadata={"help": "Qwen2-VL processor min_pixels (R1-V: 3136)."})
     max_pixels: int = field(default=401408, metadata={"help": "Qwen2-VL processor max_pixels (R1-V: 401408)."})

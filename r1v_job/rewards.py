@@ -110,8 +110,8 @@ class RewardError(ValueError):
 
 
 def _import_reward(spec: str) -> Callable[..., list[float]]:
-    """`my_pkg.rewards:fn` (TRL's convention for rewards outside the library): the module is imported
-    from sys.path, so users add rewards without forking the project."""
+    """`my_pkg.rewards:fn` (module:function, as entry points write it) for rewards outside the library:
+    the module is imported from sys.path, so users add rewards without forking the project."""
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
