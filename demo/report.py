@@ -125,6 +125,7 @@ def build_summary(layout: Layout, cfg, plan: dict) -> dict:
     return {"seeds": list(cfg.seeds), "prompts": list(cfg.eval_prompts), "plan": plan, "per_seed": per_seed,
             "means": means, "headline": headline,
             "start_stopped_at": [p["start"]["stopped_at"] for p in per_seed],
+            "start_crossed_at": [p["start"]["crossed_at"] for p in per_seed],
             "grpo_minus_start_in_dist_cot_points": mean_ci(
                 [100 * (g["accuracy"] - s["accuracy"]) for s, g in zip(in_dist[::2], in_dist[1::2])])
             if None not in in_dist else None}
@@ -231,7 +232,8 @@ def write_report(summary: dict, layout: Layout, echo=print) -> None:
     layout.summary_txt.write_text(text + "\n")
     plot(summary, layout.plot)
     echo("\n" + text + "\n")
-    echo(f"warm-up steps chosen by the start rule, per seed: {summary['start_stopped_at']}")
+    echo(f"warm-up, per seed: dev crossed the threshold at steps {summary['start_crossed_at']}, "
+         f"stopped at {summary['start_stopped_at']}")
     echo(f"summary: {layout.summary_json}, {layout.summary_txt}; plot: {layout.plot}")
 
 

@@ -75,6 +75,8 @@ class DevCheck(TrainerCallback):
         elif not self.rule.stop and step % self.rule.every == 0:
             self.checks.append({"step": step, "dev_accuracy": self.accuracy(model, processing_class)})
         if self.rule.stop and self.crossed_at is not None and step >= self.crossed_at + self.rule.margin:
+            if step > self.crossed_at:  # the start's own dev score, past the crossing
+                self.checks.append({"step": step, "dev_accuracy": self.accuracy(model, processing_class)})
             control.should_training_stop = True
         return control
 

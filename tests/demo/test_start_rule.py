@@ -39,9 +39,10 @@ def test_warmup_stops_at_the_first_check_over_the_threshold_plus_the_margin():
     check = _Scripted(StartRule(every=10, threshold=0.9, margin=0), [0.2, 0.85, 0.91, 0.5])
     assert _steps(check, 100) == 30
     assert [c["step"] for c in check.checks] == [10, 20, 30]
-    check = _Scripted(StartRule(every=10, threshold=0.9, margin=15), [0.2, 0.95])
+    check = _Scripted(StartRule(every=10, threshold=0.9, margin=15), [0.2, 0.95, 0.97])
     assert _steps(check, 100) == 35 and check.crossed_at == 20
-    assert len(check.checks) == 2  # no dev checks after the crossing
+    # no checks between the crossing and the stop; one at the stop, the start's own dev score
+    assert [(c["step"], c["dev_accuracy"]) for c in check.checks] == [(10, 0.2), (20, 0.95), (35, 0.97)]
 
 
 def test_without_stop_the_rule_records_every_check():
