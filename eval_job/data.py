@@ -8,12 +8,13 @@ run; the count of skips is part of every summary. Zero usable questions is an er
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
+
+from r1v_job.synthetic import jsonl_lines
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +61,7 @@ def _check_image(path: Path) -> None:
         raise ValueError(f"unreadable image {path}: {e}") from e
 
 
-def _parse(raw: str, root: Path, line: int) -> Question:
-    try:
-        row = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"malformed JSON: {e.msg} at column {e.colno}") from e
-    if not isinstance(row, dict):
-        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+def _parse(row: dict, root: Path, line: int) -> Question:
     missing = [k for k in ("image_path", "question", "ground_truth") if k not in row]
     if missing:
         raise ValueError(f"missing field(s): {', '.join(missing)}")
@@ -87,21 +82,16 @@ def read_questions(path: str | Path, image_root: str | Path | None = None) -> tu
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
     try:
-        # Bytes, decoded line by line: one non-UTF-8 byte is a bad row, not a bad file.
-        lines = path.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n")  # a leading BOM is not data
+        lines = list(jsonl_lines(path))
     except OSError as e:
         raise DataError(f"cannot read the question file {path}: {e.strerror or e}") from e
     questions: list[Question] = []
     skipped: list[Skip] = []
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue  # blank lines (e.g. a trailing newline) are not rows
+    for number, row, problem in lines:
         try:
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})") from e
-            questions.append(_parse(text, root, number))
+            if row is None:
+                raise ValueError(problem)
+            questions.append(_parse(row, root, number))
         except ValueError as e:
             skip = Skip(str(path), number, str(e))
             log.warning("skipped %s", skip)

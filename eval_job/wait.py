@@ -13,13 +13,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
 from eval_job.checkpoints import MARKER
-from r1v_job.checkpoints import marker_problem
+from r1v_job.checkpoints import marker_problem, read_marker
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +65,8 @@ def wait_for_marker(directory: str | Path, timeout: float, poll: float) -> dict:
     log.info("waiting up to %.0f s for %s", timeout, path)
     refused = None
     while True:
-        try:
-            # The trainer may be mid-write: only a complete JSON object counts.
-            record = json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            record = None
-        if isinstance(record, dict):
+        record = read_marker(directory, MARKER)  # None until a whole JSON object is there (the trainer may be mid-write)
+        if record is not None:
             problem = marker_problem(directory, record)
             if problem is None:
                 return record

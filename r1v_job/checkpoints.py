@@ -147,12 +147,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def fsync_tree(path: Path) -> None:
-    """fsync every file under `path`, then the folders, then `path`'s parent (which names it)."""
+def fsync_tree(path: Path, recurse: bool = True) -> None:
+    """fsync every file under `path` (only its own files unless `recurse`), then the folders, then
+    `path`'s parent (which names it)."""
     path = Path(path)
     if not path.is_dir():
         return
-    for root, _, files in os.walk(path):
+    for root, folders, files in os.walk(path):
         for name in files:
             fd = os.open(os.path.join(root, name), os.O_RDONLY)
             try:
@@ -160,6 +161,8 @@ def fsync_tree(path: Path) -> None:
             finally:
                 os.close(fd)
         _fsync_dir(Path(root))
+        if not recurse:
+            folders.clear()
     _fsync_dir(path.parent)
 
 
@@ -201,7 +204,7 @@ def write_completion_marker(output_dir: str | Path, marker: str, global_step: in
     for file in files:
         if file.suffix == ".safetensors" and (problem := safetensors_problem(file)):
             raise OSError(f"final model in {output_dir} is not whole: {problem}")
-    fsync_tree(output_dir)
+    fsync_tree(output_dir, recurse=False)  # the final model's files; each checkpoint was fsynced when saved
     record = {"global_step": global_step, "model_dir": str(output_dir.resolve()),
               "finished_at": datetime.now(timezone.utc).isoformat(),
               "files": {f.name: {"size": f.stat().st_size, "sha256": _digest(f)} for f in files}}

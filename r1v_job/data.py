@@ -10,7 +10,6 @@ bad row must not stop a 70k-row run half way, and an empty result is an error th
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
 from pathlib import Path
@@ -19,6 +18,7 @@ import datasets
 from PIL import Image
 
 from .prompts import TRAIN_PROMPT
+from .synthetic import jsonl_lines
 
 logger = logging.getLogger(__name__)
 
@@ -34,23 +34,11 @@ class DataError(ValueError):
 def _json_lines(path: Path) -> tuple[list[dict], list[str]]:
     """The rows of a jsonl file and why each other line is not one (`line N: ...`, 1-based)."""
     rows, bad = [], []
-    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
-        if number == 1:
-            raw = raw.removeprefix(b"\xef\xbb\xbf")  # a BOM, as some editors write
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            bad.append(f"line {number}: not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})")
-            continue
-        except json.JSONDecodeError as exc:
-            bad.append(f"line {number}: malformed JSON ({exc.msg} at column {exc.colno})")
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
+    for number, row, problem in jsonl_lines(path):
+        if row is None:
+            bad.append(f"line {number}: {problem}")
         else:
-            bad.append(f"line {number}: not a JSON object")
+            rows.append(row)
     return rows, bad
 
 

@@ -75,7 +75,6 @@ class _ImageCache:
         self.entries: dict = {}
         self._by_object: dict[int, tuple] = {}
         self._alive: list = []  # keeps the objects whose id() is a key alive for the step
-        self.processed = 0  # images the image processor actually ran on
 
     def key(self, image: Image.Image) -> tuple:
         known = self._by_object.get(id(image))
@@ -116,7 +115,6 @@ def process_each_image_once(processor):
             chunks = torch.split(torch.as_tensor(fresh["pixel_values"]), grid.prod(-1).tolist())
             for key, chunk, row in zip(todo_keys, chunks, grid):
                 cache.entries[key] = (chunk, row)
-            cache.processed += len(todo)
         processed = BatchFeature({
             "pixel_values": torch.cat([cache.entries[key][0] for key in keys]),
             "image_grid_thw": torch.stack([cache.entries[key][1] for key in keys]),

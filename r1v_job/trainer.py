@@ -32,7 +32,7 @@ class NothingToTrain(Exception):
 
     def __init__(self, global_step: int, last: int):
         super().__init__(f"the checkpoint is at step {global_step}, the run ends at step {last}")
-        self.global_step, self.last = global_step, last
+        self.global_step = global_step
 
 
 class StopAtStepCallback(TrainerCallback):
