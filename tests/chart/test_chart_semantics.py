@@ -56,9 +56,17 @@ def test_trainer_command_is_the_launcher_over_torchrun_args_with_the_allowed_ove
     assert flags["--dataset_name"] == "/data/datasets/clevr_cogen_a_train"
     assert flags["--deepspeed"] == "/etc/r1v/zero2.json"
     assert flags["--metrics_port"] == "8000"
+    assert flags["--metrics_grace_seconds"] == "60"
     assert argv[-2:] == ["--max_steps", "200"]
     # torchrun takes its topology from the operator's PET_* env, so the chart must not pin it.
     assert not any(a.startswith(("--nnodes", "--nproc", "--node_rank", "--master")) for a in argv)
+
+
+@pytest.mark.parametrize("interval, grace", [("15s", "60"), ("45s", "90"), ("2m", "240"), ("1h", "7200"),
+                                             ("40000ms", "80")])
+def test_metrics_stay_up_for_two_scrape_intervals_after_the_final_model(interval, grace):
+    argv = container(replica_pods(_job({"monitoring": {"interval": interval}}))["Master"], "pytorch")["args"]
+    assert argv[argv.index("--metrics_grace_seconds") + 1] == grace
 
 
 def test_deepspeed_none_drops_the_flag_and_zero2_switches_file():

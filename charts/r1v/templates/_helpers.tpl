@@ -33,6 +33,11 @@ characters, so every name here is cut to 48 and must start with a letter.
 {{- if eq .Values.jobKind "TrainJob" }}trainer.kubeflow.org/v1alpha1/trainjobs{{ else }}kubeflow.org/v1/pytorchjobs{{ end }}
 {{- end }}
 
+{{/* The evaluation Job's name (job-eval.yaml; the PrometheusRule's failed-Job alert). */}}
+{{- define "r1v.evalJobName" -}}
+{{ include "r1v.fullname" . }}-eval
+{{- end }}
+
 {{/* The evaluator's --wait-for: KIND/NAME. */}}
 {{- define "r1v.jobRef" -}}
 {{- printf "%s/%s" (lower .Values.jobKind) (include "r1v.jobName" .) }}
@@ -238,4 +243,16 @@ monitoring.forceMonitoringAPI (offline rendering: helm template, GitOps, CRDs in
 */}}
 {{- define "r1v.monitoringAPI" -}}
 {{- if and .Values.monitoring.enabled (or (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1") .Values.monitoring.forceMonitoringAPI) }}true{{ end }}
+{{- end }}
+
+{{/*
+Seconds rank 0's /metrics keeps serving after the final model (the trainer's metrics_grace_seconds):
+two scrape intervals (monitoring.interval, e.g. 15s, 1m), and never under the trainer's default 60.
+*/}}
+{{- define "r1v.metricsGraceSeconds" -}}
+{{- $interval := .Values.monitoring.interval -}}
+{{- $n := regexFind "^[0-9]+" $interval | int -}}
+{{- $unit := trimPrefix (toString $n) $interval -}}
+{{- $seconds := get (dict "ms" (div (add $n 999) 1000) "s" $n "m" (mul $n 60) "h" (mul $n 3600)) $unit -}}
+{{- max 60 (mul 2 $seconds) -}}
 {{- end }}

@@ -24,6 +24,8 @@ recipe fields are overridden here (docs/architecture.md); everything else comes 
 {{- end }}
 - --metrics_port
 - {{ .Values.monitoring.port | quote }}
+- --metrics_grace_seconds
+- {{ include "r1v.metricsGraceSeconds" . | quote }}
 {{- range .Values.trainer.extraArgs }}
 {{- /* toString: `--set trainer.extraArgs={--max_steps,200}` gives the number 200. */}}
 - {{ toString . | quote }}
