@@ -2,7 +2,7 @@
 checkpoint at each check (score them on any split with eval_job --checkpoints), without stopping;
 with --stop, the start exactly as the demo chooses it (under other threads or init seeds).
 
-    python -m demo.explore_start OUT --seed N [--steps 300] [--threads 1] [--lr 1e-3] [--model-seed M] [--stop]
+    python -m demo.explore_start OUT --seed N [--steps 400] [--threads 1] [--lr 1e-3] [--model-seed M] [--stop]
 """
 import argparse
 import json
