@@ -84,12 +84,9 @@ def load_checked_dataset(script_args: R1VScriptArguments):
 def build_trainer(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: ModelConfig,
                   callbacks: list | None = None) -> R1VGRPOTrainer:
     # Bad input ends here, in seconds, before anything is written or loaded.
+    # run() has checked them already (it may write before it builds); the checks are cheap and
+    # idempotent, and callers that build a trainer themselves (bench, tests) get them too.
     run_checks(script_args, training_args, model_args)
-    return _build_checked_trainer(script_args, training_args, model_args, callbacks)
-
-
-def _build_checked_trainer(script_args, training_args, model_args, callbacks) -> R1VGRPOTrainer:
-    """build_trainer for arguments run_checks has passed."""
     reward_funcs = get_reward_funcs(script_args.reward_funcs)
     reward_names = [fn.__name__ for fn in reward_funcs]  # TRL logs rewards/<__name__>/mean
     if script_args.offline_bootstrap:
@@ -201,7 +198,7 @@ def run(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: 
     if resume is not None:
         logger.info("resuming from %s (step %d)", resume, done)
 
-    trainer = _build_checked_trainer(script_args, training_args, model_args, callbacks)
+    trainer = build_trainer(script_args, training_args, model_args, callbacks)
     trainer.add_callback(RemoveMarkerCallback(marker_name))
     try:
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
