@@ -73,12 +73,17 @@ class Background:
         return self.rc
 
 
+def waiting_evaluator(job, fake_k8s, model, questions, out, *extra) -> Background:
+    """The evaluator of `model` on `questions`, waiting on `job` (KIND/NAME) in the fake cluster."""
+    return Background(["--model", str(model), "--data", str(questions), "--out", str(out), "--wait-for", job,
+                       *k8s_args(fake_k8s), *extra])
+
+
 def test_waits_for_a_job_that_appears_runs_then_succeeds(fake_k8s, tiny_model, questions, pushgateway, tmp_path):
     out = tmp_path / "out"
     path = JOB_PATH.format(name="r1v-run")
-    evaluator = Background(["--model", str(tiny_model), "--data", str(questions), "--out", str(out),
-                            "--max-new-tokens", "4", "--wait-for", "pytorchjob/r1v-run", *k8s_args(fake_k8s),
-                            "--pushgateway", pushgateway.url])
+    evaluator = waiting_evaluator("pytorchjob/r1v-run", fake_k8s, tiny_model, questions, out,
+                                  "--max-new-tokens", "4", "--pushgateway", pushgateway.url)
     # The job does not exist yet: the evaluator keeps asking instead of failing.
     until(lambda: fake_k8s.requests(f"get {path}") >= 2)
     api = jobs_api(fake_k8s)
@@ -101,9 +106,8 @@ def test_failed_job_exits_nonzero_with_its_reason_and_pushes_a_failure(
                                         pytorchjob("r1v-bad", condition("Created"), condition("Running")))
     out = tmp_path / "out"
     started = time.time()
-    evaluator = Background(["--model", str(tiny_model), "--data", str(questions), "--out", str(out),
-                            "--wait-for", "pytorchjob/r1v-bad", *k8s_args(fake_k8s),
-                            "--pushgateway", pushgateway.url])
+    evaluator = waiting_evaluator("pytorchjob/r1v-bad", fake_k8s, tiny_model, questions, out,
+                                  "--pushgateway", pushgateway.url)
     until(lambda: fake_k8s.requests(f"get {JOB_PATH.format(name='r1v-bad')}") >= 2)
     message = "PyTorchJob team/r1v-bad is failed because 1 Master replica(s) failed."
     set_status(api, "r1v-bad", condition("Created"), condition("Running", "False"),
@@ -226,9 +230,8 @@ def set_trainjob_status(api, name, *conditions):
 def test_waits_for_a_trainjob_that_appears_then_completes(fake_k8s, tiny_model, questions, pushgateway, tmp_path):
     out = tmp_path / "out"
     path = TRAINJOB_PATH.format(name="r1v-v2")
-    evaluator = Background(["--model", str(tiny_model), "--data", str(questions), "--out", str(out),
-                            "--max-new-tokens", "4", "--wait-for", "trainjob/r1v-v2", *k8s_args(fake_k8s),
-                            "--pushgateway", pushgateway.url])
+    evaluator = waiting_evaluator("trainjob/r1v-v2", fake_k8s, tiny_model, questions, out,
+                                  "--max-new-tokens", "4", "--pushgateway", pushgateway.url)
     until(lambda: fake_k8s.requests(f"get {path}") >= 2)  # not created yet: still asking
     api = jobs_api(fake_k8s)
     api.create_namespaced_custom_object("trainer.kubeflow.org", "v1alpha1", "team", "trainjobs",
@@ -250,8 +253,7 @@ def test_failed_trainjob_exits_nonzero_with_its_reason(fake_k8s, tiny_model, que
     api = jobs_api(fake_k8s)
     api.create_namespaced_custom_object("trainer.kubeflow.org", "v1alpha1", "team", "trainjobs",
                                         trainjob("r1v-v2bad", condition("Created")))
-    evaluator = Background(["--model", str(tiny_model), "--data", str(questions), "--out", str(tmp_path / "out"),
-                            "--wait-for", "trainjob/r1v-v2bad", *k8s_args(fake_k8s)])
+    evaluator = waiting_evaluator("trainjob/r1v-v2bad", fake_k8s, tiny_model, questions, tmp_path / "out")
     until(lambda: fake_k8s.requests(f"get {TRAINJOB_PATH.format(name='r1v-v2bad')}") >= 2)
     set_trainjob_status(api, "r1v-v2bad", condition("Created"),
                         condition("Failed", reason="FailedJobs", message="jobset failed: node-0 PodFailurePolicy"))
