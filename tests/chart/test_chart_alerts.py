@@ -138,7 +138,20 @@ def cases() -> list[dict]:
               "R1VTrainingStalled", "45m", False),
         _case("restarted", [(f'kube_pod_container_status_restarts_total{{namespace="{NAMESPACE}", pod="{stuck}", '
                              'container="pytorch"}', "0x30 1x30")],
-              "R1VTrainingRestarts", "40m", True, _base("R1VTrainingRestarts", pod=stuck, **ns)),
+              "R1VTrainingRestarts", "40m", True, _base("R1VTrainingRestarts", **ns)),
+        # ExitCode (the default) and TrainJob restarts recreate the pod: a new uid, restarts_total from 0.
+        _case("recreated", [(f'kube_pod_info{{namespace="{NAMESPACE}", pod="{stuck}", uid="a"}}', "1x20"),
+                            (f'kube_pod_info{{namespace="{NAMESPACE}", pod="{stuck}", uid="b"}}', "_x20 1x20"),
+                            (f'kube_pod_container_status_restarts_total{{namespace="{NAMESPACE}", pod="{stuck}", '
+                             'container="pytorch"}', "0x40")],
+              "R1VTrainingRestarts", "40m", True, _base("R1VTrainingRestarts", **ns)),
+        _case("one pod all along", [(f'kube_pod_info{{namespace="{NAMESPACE}", pod="{stuck}", uid="a"}}', "1x60"),
+                                    # another release's trainer recreated: not this run's
+                                    (f'kube_pod_info{{namespace="{NAMESPACE}", pod="other-master-0", uid="c"}}',
+                                     "1x20"),
+                                    (f'kube_pod_info{{namespace="{NAMESPACE}", pod="other-master-0", uid="d"}}',
+                                     "_x20 1x40")],
+              "R1VTrainingRestarts", "40m", False),
         _case("no restarts", [(f'kube_pod_container_status_restarts_total{{namespace="{NAMESPACE}", pod="{stuck}", '
                                'container="pytorch"}', "0x60"),
                               # The evaluator's pod and another release's trainer are not this run's training.

@@ -69,6 +69,17 @@ def test_metrics_stay_up_for_two_scrape_intervals_after_the_final_model(interval
     assert argv[argv.index("--metrics_grace_seconds") + 1] == grace
 
 
+@pytest.mark.parametrize("values, budget", [({}, True), ({"trainer": {"restartPolicy": "OnFailure"}}, False)])
+def test_the_launcher_keeps_the_restart_budget_the_operator_does_not_keep_under_exit_code(values, budget):
+    job = _job({**values, "runPolicy": {"backoffLimit": 5}, "runName": "exp1"})
+    for pod in replica_pods(job).values():
+        env = {e["name"]: e for e in container(pod, "pytorch")["env"]}
+        assert ("R1V_MAX_RESTARTS" in env) == budget
+        if budget:
+            assert env["R1V_MAX_RESTARTS"]["value"] == "5" and env["R1V_OUTPUT_DIR"]["value"] == "/data/runs/exp1"
+            assert env["R1V_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
 def test_deepspeed_none_drops_the_flag_and_zero2_switches_file():
     assert "--deepspeed" not in container(replica_pods(_job({"trainer": {"deepspeed": "none"}}))["Master"], "pytorch")["args"]
     args = container(replica_pods(_job({"trainer": {"deepspeed": "zero2"}}))["Master"], "pytorch")["args"]

@@ -156,3 +156,28 @@ def test_real_torchrun_takes_the_operators_pet_env_and_a_worker_crash_is_retryab
                           timeout=180)
     assert proc.returncode == expected, proc.stderr[-2000:]
     assert {p.name: p.read_text() for p in out.iterdir()} == {"rank0": "2", "rank1": "2"}  # WORLD_SIZE 2
+
+
+def test_a_crash_that_repeats_before_any_new_checkpoint_gives_up_after_the_backoff_limit(launcher, pod):
+    """Under ExitCode the operator does not count a PyTorchJob's restarts against backoffLimit
+    (training-operator v1.9 counts container restarts under OnFailure/Always only); the launcher
+    keeps that budget on the volume, per pod, and starts it again whenever a new checkpoint exists."""
+    tmp_path, env = pod
+    out = tmp_path / "data" / "runs" / "r"
+    budget = {"R1V_MAX_RESTARTS": "2", "R1V_OUTPUT_DIR": str(out), "R1V_POD_NAME": "r1v-master-0",
+              "STUB_TORCHRUN_RC": "1"}
+    assert [launch(launcher, env, **budget).returncode for _ in range(3)] == [200, 200, 200]  # first start + 2 restarts
+    refused = launch(launcher, env, **budget)
+    assert refused.returncode == 2
+    assert "started 4 times at checkpoint step 0" in refused.stderr and "backoffLimit 2" in refused.stderr
+    assert sum(c.startswith("torchrun") for c in calls(tmp_path)) == 3  # the refused start ran nothing
+    (out / "checkpoint-50").mkdir()  # progress since: the budget starts again
+    assert [launch(launcher, env, **budget).returncode for _ in range(3)] == [200, 200, 200]
+    assert launch(launcher, env, **budget).returncode == 2
+    # another pod of the same job keeps its own count
+    assert launch(launcher, env, **{**budget, "R1V_POD_NAME": "r1v-worker-0"}).returncode == 200
+
+
+def test_without_a_budget_every_crash_is_retried(launcher, pod):
+    tmp_path, env = pod
+    assert [launch(launcher, env, STUB_TORCHRUN_RC="1").returncode for _ in range(5)] == [200] * 5

@@ -11,6 +11,10 @@
 #   128+N  killed by signal N (OOM killer, node drain): retried
 # The Training Operator treats 1-127 as permanent and 128-255 as retryable; the chart's
 # TrainingRuntime restates that rule as a podFailurePolicy.
+# With R1V_MAX_RESTARTS set (a PyTorchJob under ExitCode: the operator's runPolicy.backoffLimit counts
+# container restarts under OnFailure/Always only, and ExitCode recreates pods instead), this pod
+# gives up with exit 2 once it has been started more than R1V_MAX_RESTARTS times again without a
+# new checkpoint in R1V_OUTPUT_DIR: a crash that repeats before any progress is not retried forever.
 PERMANENT=2
 CRASHED=200
 
@@ -33,6 +37,21 @@ fi
 if [ ! -e "$R1V_DATASET_PATH" ]; then
   say "no data set at $R1V_DATASET_PATH on claim $R1V_CLAIM: install with dataPrep.enabled=true, or copy it there and set dataset.path (docs/operations.md, step 6)"
   exit "$PERMANENT"
+fi
+
+if [ -n "${R1V_MAX_RESTARTS:-}" ]; then
+  newest=$(ls -d "$R1V_OUTPUT_DIR"/checkpoint-* 2>/dev/null | sed 's/.*checkpoint-//' | sort -n | tail -n 1)
+  newest=${newest:-0}
+  starts="$R1V_OUTPUT_DIR/.r1v-starts/${R1V_POD_NAME:-pod}"  # "<newest checkpoint step> <starts at it>"
+  mkdir -p "${starts%/*}"
+  read -r seen count < "$starts" 2>/dev/null || { seen=; count=0; }
+  [ "$seen" = "$newest" ] || count=0
+  count=$((count + 1))
+  if [ "$count" -gt $((R1V_MAX_RESTARTS + 1)) ]; then
+    say "started $count times at checkpoint step $newest with no newer checkpoint (runPolicy.backoffLimit $R1V_MAX_RESTARTS): not retrying; the crash is in the earlier pods' logs. Delete $starts to allow more tries"
+    exit "$PERMANENT"
+  fi
+  echo "$newest $count" > "$starts"
 fi
 
 if [ "${R1V_PREFLIGHT:-1}" = "1" ]; then

@@ -53,6 +53,17 @@ recipe fields are overridden here (docs/architecture.md); everything else comes 
   value: {{ include "r1v.claimName" . }}
 - name: R1V_PREFLIGHT
   value: {{ ternary "1" "0" .Values.trainer.preflight | quote }}
+{{- if and (eq .Values.jobKind "PyTorchJob") (eq .Values.trainer.restartPolicy "ExitCode") }}
+{{- /* The restart budget the operator does not keep under ExitCode (files/launch.sh). */}}
+- name: R1V_MAX_RESTARTS
+  value: {{ .Values.runPolicy.backoffLimit | quote }}
+- name: R1V_OUTPUT_DIR
+  value: {{ include "r1v.outputDir" . }}
+- name: R1V_POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- end }}
 {{- if .Values.dataPrep.enabled }}
 - name: R1V_DATA_MARKER
   value: {{ include "r1v.dataPrepMarker" . }}
