@@ -19,8 +19,6 @@ from pathlib import Path
 
 from demo.scenes import Scenes
 
-STAGE_FILE = "demo_stage.json"  # a finished stage's fingerprint, in the stage's folder
-
 
 @dataclass(frozen=True)
 class SeedLayout:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -23,15 +22,13 @@ import subprocess
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from demo import report
 from demo.config import FULL, RECIPE, REPO, DemoConfig, with_seed
-from demo.layout import STAGE_FILE, Layout, SeedLayout
+from demo.layout import Layout, SeedLayout
 from demo.scenes import write_heldout
-
-log = logging.getLogger("demo")
 
 # For a model this small intra-op threads buy little: on a shared 2-core machine two threads per
 # process made SFT steps several times slower than one (contention), while two one-thread processes
@@ -129,7 +126,6 @@ def _done(layout: SeedLayout, stage: Stage) -> bool:
 
 _GRPO_STEP = re.compile(r"step (\d+)/(\d+) \| reward ([\d.]+)")
 _WARMUP_STEP = re.compile(r"warm-up step (\d+): dev accuracy \(\w+\) ([\d.]+)%")
-_EVAL = re.compile(r"(\w+) (cot|direct|train): (\d+)/(\d+) questions")
 
 
 def _last(pattern: re.Pattern, text: str):
@@ -163,13 +159,15 @@ class SeedPipeline:
         L, cfg = self.layout, self.cfg
         stage = [sys.executable, "-m", "demo.stage"]
         push = ["--pushgateway", self.pushgateway, "--run", self.run] if self.pushgateway else []
-        fp_start = _fingerprint(asdict(cfg.scenes), asdict(cfg.model), asdict(cfg.warmup), asdict(cfg.rule))
+        # Intra-op threads can change the float sums, so they are part of every stage's settings.
+        fp_start = _fingerprint(asdict(cfg.scenes), asdict(cfg.model), asdict(cfg.warmup), asdict(cfg.rule),
+                                cfg.threads)
         grpo_overrides = {**cfg.grpo, "model_name_or_path": str(L.start), "dataset_name": str(L.scenes.train),
                           "output_dir": str(L.grpo), "max_train_samples": self.plan["n_examples"],
                           "seed": self.plan["seed"] + L.seed}
         fp_grpo = _fingerprint(fp_start, grpo_overrides, RECIPE.read_text())
         evals = (cfg.eval_prompts, cfg.eval_max_new_tokens, cfg.eval_batch_size, asdict(cfg.scenes))
-        fp_controls = _fingerprint(fp_start, asdict(cfg.control), self.plan, evals, self.pushgateway)
+        fp_controls = _fingerprint(fp_start, asdict(cfg.control), self.plan, evals, push)  # pushed where, as which run
         return [
             Stage(L.seed, "start", [*stage, "start", str(L.root)], fp_start, [L.start, L.start_init],
                   progress=start_progress),
@@ -180,7 +178,7 @@ class SeedPipeline:
                    L.root / "eval" / "sft_answers", L.root / "eval" / "sft_cot"],
                   needs=("start",), before=lambda: write_heldout(L.scenes.root, cfg.scenes), progress=eval_progress),
             Stage(L.seed, "score_grpo", [*stage, "score", str(L.root), "--model", "grpo", *push],
-                  _fingerprint(fp_grpo, evals, self.pushgateway), [L.root / "eval" / "grpo"], needs=("grpo",),
+                  _fingerprint(fp_grpo, evals, push), [L.root / "eval" / "grpo"], needs=("grpo",),
                   progress=eval_progress),
         ]
 

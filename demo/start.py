@@ -97,6 +97,10 @@ def build_start_model(warmup_jsonl: Path, dev_jsonl: Path, out: Path, init: Path
     info = {"rule": asdict(rule), "budget_steps": settings.max_steps, "checks": check.checks,
             "crossed_at": check.crossed_at, "stopped_at": last}
     (out / RULE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    if rule.stop and check.crossed_at is not None and last < check.crossed_at + rule.margin:
+        raise RuntimeError(f"the warm-up crossed {100 * rule.threshold:.0f}% dev accuracy at step {check.crossed_at} but "
+                           f"its budget ({settings.max_steps} steps) ended before the {rule.margin}-step margin: raise "
+                           "DemoConfig.warmup.max_steps")
     if rule.stop and check.crossed_at is None:
         best = max(check.checks, key=lambda c: c["dev_accuracy"], default={"step": 0, "dev_accuracy": 0.0})
         raise RuntimeError(f"the warm-up used its whole budget ({settings.max_steps} steps) without reaching "

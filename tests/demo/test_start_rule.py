@@ -63,6 +63,19 @@ def test_a_warmup_that_never_reaches_the_threshold_is_an_error(tmp_path):
     assert json.loads((tmp_path / "start" / "start_rule.json").read_text())["crossed_at"] is None
 
 
+def test_a_budget_that_ends_inside_the_margin_is_an_error(tmp_path):
+    from demo.scenes import write_training_scenes
+    from demo.start import build_start_model
+
+    cfg = with_seed(QUICK, 0)
+    scenes = write_training_scenes(tmp_path / "scenes", replace(cfg.scenes, warmup=16, dev=4))
+    with pytest.raises(RuntimeError, match=r"crossed 0% dev accuracy at step 2 but its budget \(4 steps\) ended "
+                                           r"before the 5-step margin"):
+        build_start_model(scenes.warmup, scenes.dev, tmp_path / "start", tmp_path / "init", cfg.model,
+                          replace(cfg.warmup, max_steps=4), StartRule(every=2, threshold=0.0, margin=5))
+    assert json.loads((tmp_path / "start" / "start_rule.json").read_text())["stopped_at"] == 4
+
+
 @pytest.mark.slow
 def test_start_stage_never_opens_the_heldout_split(tmp_path, monkeypatch):
     from demo import stage

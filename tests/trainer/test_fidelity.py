@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from transformers import AutoModelForImageTextToText, TrainerCallback
 
 from r1v_job import grpo, rewards
