@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
+# mkstemp creates 0600 files; scores on a shared volume are for others to read too, as a plain
+# open() under the process umask would make them.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -36,6 +40,7 @@ def write_atomically(path: Path, text: str) -> None:
     # unique, so two evaluators writing the same file cannot rename each other's temp away.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)

@@ -145,3 +145,17 @@ def test_two_evaluators_on_one_out_neither_crash_nor_evaluate_twice(copy_model, 
     assert not list(out.rglob("*.tmp"))
     index = json.loads((out / "scores.json").read_text())
     assert [(r["checkpoint"], r["prompt"]) for r in index] == [("final", "cot"), ("final", "direct")]
+
+
+def test_written_scores_are_readable_by_others_under_the_umask(tmp_path):
+    import os
+    import stat
+
+    from eval_job.evaluate import write_atomically
+
+    path = tmp_path / "summary.json"
+    write_atomically(path, "{}\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+    assert path.read_text() == "{}\n"
