@@ -147,6 +147,8 @@ def _finished(output_dir: Path, marker_name: str, at_least: int) -> dict | None:
 def _finish_without_training(output_dir: Path, marker_name: str, checkpoint: Path | None, step: int,
                              marker: dict | None = None) -> None:
     """The run is at its last step already: say so, or complete a final save that was cut short."""
+    if checkpoint is not None and not _is_main_process():
+        return  # rank 0 alone says so or finishes it: no need to hash the final model on every rank
     if marker is None:
         marker = _finished(output_dir, marker_name, step)
     if marker is not None:
@@ -209,8 +211,6 @@ def run(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: 
     if trainer.accelerator.is_main_process:
         marker = ckpt.write_completion_marker(out, marker_name, trainer.state.global_step)
         logger.info("final model in %s; completion marker %s", out, marker)
-    # The run is final from here on (marker written): a grace period that keeps /metrics serving
-    # for a last scrape belongs here.
     trainer.accelerator.wait_for_everyone()
     finish_training_metrics(trainer)  # rank 0: the final values stay scrapeable for metrics_grace_seconds
     return trainer
