@@ -66,7 +66,7 @@ def parse_cli(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured optimizer steps first")
     parser.add_argument("--image-size", type=_size, default=(480, 320), help="WxH of the synthetic scenes (CLEVR: 480x320)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
-                        help="recipe override for every variant (YAML value), e.g. --set dtype=bfloat16")
+                        help="recipe override for every variant (YAML value), e.g. --set max_pixels=401408")
     parser.add_argument("--workdir", type=Path, default=Path("runs/bench"), help="where models and scenes are cached")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/bench.json"))
     parser.add_argument("--peak-tflops", type=float, default=None,

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # GPU figures for issues 6 and 12, in one command: the Qwen2-VL-2B-Instruct architecture with random
-# weights, bf16, sdpa, one GPU, 16 prompts x 8 rollouts (128 per optimizer step), completions pinned
+# weights, the seed recipe's precision (fp32 weights under bf16 autocast; one process, no DeepSpeed,
+# whose ZeRO-2 in the real run casts the weights to bf16: these steps are somewhat heavier than the
+# real run's, and heavier than the bf16-weight figures measured before e481e75), sdpa, one GPU, 16 prompts x 8 rollouts (128 per optimizer step), completions pinned
 # to 64 tokens, 480x320 CLEVR-like scenes (187 visual tokens each), the seed recipe's micro-batch of
 # 16. The R1-V-style baseline, then each speed lever of issue 12 alone and combined. About 7-8
 # minutes on one H100 or H200 (variants still waiting after 6 minutes are skipped).
@@ -74,7 +76,7 @@ EOF
 # defaults hold (dedup, group and images on, compile off). mb=16: the recipe's micro-batch.
 #   ours:levers=none      TRL as it was before issue 12: every rollout's image copy encoded, rollouts
 #                         shuffled singly into micro-batches, every prefetched row decoded, the image
-#                         processor on all 128 copies twice (the 8.91 s/step of docs/performance.md)
+#                         processor on all 128 copies twice (docs/performance.md's 8.91 s/step, with bf16 weights)
 #   r1v:levers=none       R1-V: per micro-step 1 prompt, generate(num_return_sequences=8), 16 micro-steps
 #   ours                  the recipe's defaults: dedup + group + images
 #   ours:levers=all,...   + the compiled static-cache decode; 2 unmeasured warm-up steps hold the compile
