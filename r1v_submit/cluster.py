@@ -120,9 +120,11 @@ class Cluster:
             if conditions.get(failure) == "True":
                 return False
             for pod in core.list_namespaced_pod(namespace, label_selector=selector.format(name=name)).items:
-                if pod.metadata.name in streamed or (pod.status and pod.status.phase in (None, "Pending")):
+                # By uid: a PyTorchJob pod that ExitCode recreated keeps its name (JOB-master-0).
+                incarnation = pod.metadata.uid or pod.metadata.name
+                if incarnation in streamed or (pod.status and pod.status.phase in (None, "Pending")):
                     continue
-                streamed.add(pod.metadata.name)  # a restarted pod has a new name (or a new log)
+                streamed.add(incarnation)
                 stream = core.read_namespaced_pod_log(pod.metadata.name, namespace, container=container,
                                                       follow=True, _preload_content=False)
                 for line in stream.stream():

@@ -180,6 +180,39 @@ def test_submit_creates_the_charts_objects_and_follows_the_master_log(cluster, c
     assert log_requests and "follow=True" in str(log_requests[0].url) and "container=pytorch" in str(log_requests[0].url)
 
 
+def test_follow_streams_a_recreated_pod_of_the_same_name_again(cluster, capsys):
+    """Under ExitCode the operator recreates a crashed PyTorchJob pod under its old name."""
+    from r1v_submit.cluster import Cluster
+
+    ns, pod, job = "team-a", "exp-r1v-master-0", "exp-r1v"
+    labels = {"training.kubeflow.org/job-name": job, "training.kubeflow.org/replica-type": "master"}
+    cluster.emulator.objects[PYTORCHJOBS, ns, job] = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob",
+                                                      "metadata": {"name": job, "namespace": ns}, "spec": {}}
+    lives = iter([b"step 7/100 crashed\n", b"resumed at step 5\n"])
+
+    def put_pod(uid):
+        cluster.emulator.objects[PODS, ns, pod] = {
+            "apiVersion": "v1", "kind": "Pod", "status": {"phase": "Running"},
+            "metadata": {"name": pod, "namespace": ns, "uid": uid, "labels": labels}}
+
+    def log(_request):
+        text = next(lives)
+        if text.startswith(b"step"):  # the first pod's log ends: the operator recreates it
+            put_pod("uid-2")
+        else:
+            cluster.emulator.objects[PYTORCHJOBS, ns, job].patch(
+                {"status": {"conditions": [{"type": "Succeeded", "status": "True"}]}})
+        return text
+
+    put_pod("uid-1")
+    cluster.emulator[f"get /api/v1/namespaces/{ns}/pods/{pod}/log"] << log
+    from kubernetes import client
+
+    assert Cluster(client.ApiClient(cluster.configuration())).follow("PyTorchJob", job, ns, poll_seconds=0.01, timeout_seconds=30)
+    out = capsys.readouterr().out
+    assert "[Pod exp-r1v-master-0]: step 7/100 crashed" in out and "[Pod exp-r1v-master-0]: resumed at step 5" in out
+
+
 def kind_plural(kind: str) -> str:
     from r1v_submit.cluster import PLURALS
 

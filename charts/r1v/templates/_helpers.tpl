@@ -250,9 +250,12 @@ Seconds rank 0's /metrics keeps serving after the final model (the trainer's met
 two scrape intervals (monitoring.interval, e.g. 15s, 1m), and never under the trainer's default 60.
 */}}
 {{- define "r1v.metricsGraceSeconds" -}}
-{{- $interval := .Values.monitoring.interval -}}
-{{- $n := regexFind "^[0-9]+" $interval | int -}}
-{{- $unit := trimPrefix (toString $n) $interval -}}
-{{- $seconds := get (dict "ms" (div (add $n 999) 1000) "s" $n "m" (mul $n 60) "h" (mul $n 3600)) $unit -}}
-{{- max 60 (mul 2 $seconds) -}}
+{{- max 60 (mul 2 (include "r1v.durationSeconds" .Values.monitoring.interval | int)) -}}
+{{- end }}
+
+{{/* Whole seconds (rounded up) of a duration the schema allows: NUMBER followed by ms, s, m or h. */}}
+{{- define "r1v.durationSeconds" -}}
+{{- $d := toString . -}}
+{{- $n := regexFind "^[0-9]+" $d | int -}}
+{{- get (dict "ms" (div (add $n 999) 1000) "s" $n "m" (mul $n 60) "h" (mul $n 3600)) (trimPrefix (toString $n) $d) -}}
 {{- end }}
