@@ -104,6 +104,7 @@ RELEASE_CREATED = f'kube_configmap_created{{namespace="{NAMESPACE}", configmap="
 # The master pod recreated once at 20 min (ExitCode): uid a, then uid b, each scheduled (node label set
 # after a minute Pending); its container never restarted in place. One restart.
 _MASTER = f'namespace="{NAMESPACE}", pod="{RUN}-master-0"'
+RUNNING = (f'kube_pod_status_phase{{{_MASTER}, uid="a", phase="Running"}}', "1x60")
 RECREATED = [(f'kube_pod_info{{{_MASTER}, uid="a", node=""}}', "1"),
              (f'kube_pod_info{{{_MASTER}, uid="a", node="n1"}}', "_ 1x19"),
              (f'kube_pod_info{{{_MASTER}, uid="b", node=""}}', "_x20 1"),
@@ -222,9 +223,14 @@ def cases() -> list[dict]:
                                       (f'kube_job_status_succeeded{{namespace="{NAMESPACE}", '
                                        f'job_name="{RUN}-eval-gate"}}', "0x5 1x55")],
               "R1VTrainingNotStarted", "45m", False),
-        _case("target down", [(f'up{{{_MASTER}, job="{RUN}-metrics"}}', "1x5 0x30")],
-              "R1VTrainerTargetDown", "20m", True, _base("R1VTrainerTargetDown", **ns)),
-        _case("target up", [(f'up{{{_MASTER}, job="{RUN}-metrics"}}', "1x30"),
+        _case("target down", [(f'up{{{_MASTER}, job="{RUN}-metrics"}}', "1x5 0x30"), RUNNING],
+              "R1VTrainerTargetDown", "20m", True, _base("R1VTrainerTargetDown", pod=stuck, **ns)),
+        # The trainer finished: its pod Succeeded and the target, if still listed, is not the job's.
+        _case("finished target", [(f'up{{{_MASTER}, job="{RUN}-metrics"}}', "1x5 0x30"),
+                                  (f'kube_pod_status_phase{{{_MASTER}, uid="a", phase="Running"}}', "1x5 0x30"),
+                                  (f'kube_pod_status_phase{{{_MASTER}, uid="a", phase="Succeeded"}}', "0x5 1x30")],
+              "R1VTrainerTargetDown", "20m", False),
+        _case("target up", [(f'up{{{_MASTER}, job="{RUN}-metrics"}}', "1x30"), RUNNING,
                             # another release's trainer is down: not this run's
                             (f'up{{namespace="{NAMESPACE}", pod="other-master-0", job="other-metrics"}}', "0x30")],
               "R1VTrainerTargetDown", "20m", False),
