@@ -87,3 +87,23 @@ def test_the_gpu_check_can_fail():
     del evaluation["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
     objects = [o for o in objects if not o["metadata"]["name"].endswith("-eval-gate")]
     assert "no gate resumes it" in gpu_pods_held_while_training(objects)[0]
+
+
+def test_kueue_queues_data_prep_at_once_and_the_evaluation_when_training_succeeded():
+    objects = render(ci_value_sets()["kueue"])
+    jobs = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Job"}
+    queued = {"kueue.x-k8s.io/queue-name": "research", "kueue.x-k8s.io/priority-class": "high"}
+    assert queued.items() <= jobs["r1v-data-prep"]["metadata"]["labels"].items()
+    # The priority class is immutable in Kueue, so it is there from the start; the queue comes with the resume.
+    labels = jobs["r1v-eval"]["metadata"]["labels"]
+    assert labels["kueue.x-k8s.io/priority-class"] == "high" and "kueue.x-k8s.io/queue-name" not in labels
+    args = jobs["r1v-eval-gate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--queue-name") + 1] == "research"
+    # The gate itself stays outside the queue: it must run while training holds the quota.
+    assert not any(k.startswith("kueue.x-k8s.io/") for k in jobs["r1v-eval-gate"]["metadata"]["labels"])
+    assert "--queue-name" not in only_gate_args(render({}))
+
+
+def only_gate_args(objects: list[dict]) -> list[str]:
+    (gate,) = [o for o in objects if o["metadata"]["name"].endswith("-eval-gate")]
+    return gate["spec"]["template"]["spec"]["containers"][0]["args"]
