@@ -305,7 +305,7 @@ def test_score_alerts_render_only_where_the_evaluator_pushes_scores(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _panel(uid="restarts"):
+def _panel():
     dashboard = json.loads((REPO / "charts" / "r1v" / "dashboards" / "r1v.json").read_text())
     (panel,) = [p for p in dashboard["panels"] if p["title"].startswith("Restarts")]
     return panel["targets"][0]["expr"]
