@@ -14,7 +14,7 @@ from pathlib import Path
 
 # The trainer's own rules for what a complete checkpoint is (stdlib only: no trl in this image).
 from r1v_job.checkpoints import COMPLETION_MARKER as MARKER
-from r1v_job.checkpoints import checkpoint_problem, checkpoints_by_step, final_weights
+from r1v_job.checkpoints import checkpoint_problem, checkpoints_by_step, final_weights, marker_problem, read_marker
 
 log = logging.getLogger(__name__)
 
@@ -75,3 +75,22 @@ def model_identity(path: Path) -> dict:
     mtime (a digest of 4 GB per checkpoint on every rerun would cost minutes), plus config.json's."""
     files = [*final_weights(path), path / "config.json"]
     return {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()}
+
+
+def same_weights(final: Target, checkpoints: list[Target]) -> Target | None:
+    """The checkpoint whose weights files are the final model's, byte for byte, else None.
+
+    The trainer saves the final model at the last step, usually beside a checkpoint of that step;
+    scoring it twice costs a whole evaluation. Only checkpoints of the final step are candidates,
+    and the final model's sizes and sha256 come from its completion marker (no marker: no reuse),
+    so a rerun hashes at most those checkpoints' weights once."""
+    record = read_marker(final.path, MARKER)
+    if record is None or record.get("global_step") != final.step:
+        return None
+    for candidate in reversed(checkpoints):
+        if candidate.step != final.step:
+            continue
+        if {f.name for f in final_weights(candidate.path)} == set(record.get("files") or {}) \
+                and marker_problem(candidate.path, record) is None:
+            return candidate
+    return None

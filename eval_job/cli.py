@@ -17,9 +17,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from eval_job import metrics
-from eval_job.checkpoints import FINAL, Target, find_targets
+from eval_job.checkpoints import FINAL, Target, find_targets, same_weights
 from eval_job.data import DataError, read_questions
-from eval_job.evaluate import evaluate_target, write_atomically
+from eval_job.evaluate import SUMMARY, evaluate_target, write_atomically
 from eval_job.wait import (TrainingFailed, WaitConfigError, WaitTimeout, parse_wait_for, wait_for_job,
                            wait_for_marker)
 from r1v_job.processing import IMAGE_BACKENDS
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="eval_job", description="Score a model (and its checkpoints) on "
                                 "SuperCLEVR-format counting questions; push the scores to a Pushgateway.")
     p.add_argument("--model", help="final model folder (default: --checkpoints DIR, where the trainer saves it)")
-    p.add_argument("--data", required=True, help="questions, one {image_path, question, ground_truth} a line")
+    p.add_argument("--data", help="questions, one {image_path, question, ground_truth} a line (required unless --repush)")
     p.add_argument("--image-root", help="folder relative image paths resolve against (default: the file's folder)")
     p.add_argument("--out", required=True, help="results folder: OUT/<checkpoint>/<prompt>/{results.jsonl,summary.json}")
     p.add_argument("--prompt", action="append", metavar="cot|train|direct",
@@ -74,7 +74,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--benchmark", default="superclevr", help="`benchmark` label of the scores")
     p.add_argument("--push-attempts", type=int, default=5)
     p.add_argument("--push-backoff", type=float, default=2.0, help="seconds before the first retry; doubles after")
+    p.add_argument("--repush", action="store_true", help="push every score stored in --out again, as it was "
+                   "pushed, without scoring (needs --pushgateway and --run); e.g. after a Pushgateway restart")
     args = p.parse_args(argv)
+    if args.repush:
+        if not (args.pushgateway and args.run):
+            p.error("--repush needs --pushgateway URL and --run NAME")
+        args.prompt, args.wait = [], None
+        return args
+    if not args.data:
+        p.error("--data is required (unless --repush)")
     if not (args.model or args.checkpoints):
         p.error("one of --model or --checkpoints is required")
     try:
@@ -160,11 +169,14 @@ def run(args: argparse.Namespace) -> int:
     evaluated = 0
     push_error: metrics.PushError | None = None
     spent, scored = 0.0, 0  # wall time and count of the models evaluated now (not reused from disk)
+    checkpoints = [t for t in targets if t.name != FINAL]
     for done, target in enumerate(targets, 1):
         started = time.perf_counter()
+        # The final model with a checkpoint's very weights takes that checkpoint's scores (labelled both ways).
+        twin = (lambda: same_weights(target, checkpoints)) if target.name == FINAL else None
         summaries, now = evaluate_target(target, questions, skipped, args.prompt, out, benchmark=args.benchmark,
                                          base_settings=base_settings, batch_size=args.batch_size,
-                                         max_new_tokens=args.max_new_tokens, load=load)
+                                         max_new_tokens=args.max_new_tokens, load=load, twin=twin)
         evaluated += now
         if now:
             spent, scored = spent + time.perf_counter() - started, scored + 1
@@ -173,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
                      len(targets), timedelta(seconds=round(per_model)),
                      timedelta(seconds=round(per_model * (len(targets) - done))))
         index += [{k: s[k] for k in ("checkpoint", "step", "benchmark", "prompt", "accuracy", "evaluated",
-                                     "skipped", "parse_failures")} for s in summaries]
+                                     "skipped", "parse_failures", "same_weights_as") if k in s} for s in summaries]
         write_atomically(out / INDEX, json.dumps(index, indent=2) + "\n")
         # Pushed per checkpoint so Grafana fills in while a long evaluation runs. After one failed
         # push (retries included) the gateway is taken as down: the rest is evaluated, not pushed.
@@ -196,10 +208,40 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def repush(args: argparse.Namespace) -> int:
+    """Every (checkpoint, prompt) of OUT/scores.json pushed again from its summary.json, one group per
+    checkpoint, exactly as the evaluation pushed it (same values, labels and timestamps)."""
+    out = Path(args.out)
+    if not (out / INDEX).exists():  # not evaluated yet (a scheduled re-push before the evaluation): nothing lost
+        log.info("nothing to re-push: no %s yet", out / INDEX)
+        return EXIT_OK
+    try:
+        index = json.loads((out / INDEX).read_text())
+        groups: dict[str, list[dict]] = {}
+        for row in index:
+            groups.setdefault(row["checkpoint"], []).append(
+                json.loads((out / row["checkpoint"] / row["prompt"] / SUMMARY).read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.error("nothing to re-push from %s: %s", out, e)
+        return EXIT_INPUT
+    namespace = metrics.pod_namespace(args.namespace)
+    for checkpoint, summaries in groups.items():
+        try:
+            metrics.push(args.pushgateway, metrics.scores_registry(summaries, summaries[0]["step"]),
+                         metrics.grouping_key(namespace, args.run, checkpoint),
+                         attempts=args.push_attempts, backoff=args.push_backoff)
+        except metrics.PushError as e:
+            log.error("%s", e)
+            return EXIT_PUSH_FAILED
+    log.info("re-pushed %d group(s), %d score(s) from %s", len(groups), len(index), out)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run(parse_args(argv))
+    args = parse_args(argv)
+    return repush(args) if args.repush else run(args)
 
 
 if __name__ == "__main__":

@@ -120,20 +120,53 @@ def summarize(rows: list[dict], duration: float, target: Target, prompt: str, sk
     }
 
 
+def _scoring_settings(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k not in ("model", "model_step", "model_files")}
+
+
+def reuse_twin(twin: Target, target: Target, prompt: str, out: Path, settings: dict) -> dict | None:
+    """`target`'s summary made from `twin`'s (same weights, scored in this OUT), written to
+    OUT/<target>/<prompt>/ with `same_weights_as`; None if the twin has no finished summary."""
+    source = out / twin.name / prompt
+    try:
+        summary = json.loads((source / SUMMARY).read_text())
+        rows = (source / RESULTS).read_text()
+    except (OSError, json.JSONDecodeError):
+        return None
+    if _scoring_settings(summary.get("settings") or {}) != _scoring_settings(settings):
+        return None  # scored with other data, prompt, pixels or budget: not this evaluation's score
+    summary = {**summary, "checkpoint": target.name, "step": target.step, "model": str(target.path),
+               "settings": settings, "same_weights_as": twin.name}
+    directory = out / target.name / prompt
+    write_atomically(directory / RESULTS, rows)
+    write_atomically(directory / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    log.info("%s %s: same weights as %s (sha256), its score reused: accuracy %.1f%% -> %s", target.name, prompt,
+             twin.name, 100 * summary["accuracy"], directory)
+    return summary
+
+
 def evaluate_target(target: Target, questions: list[Question], skipped: list[Skip], prompts: list[str], out: Path,
                     *, benchmark: str, base_settings: dict, batch_size: int, max_new_tokens: int,
-                    load: Callable[[Target], object]) -> tuple[list[dict], int]:
+                    load: Callable[[Target], object],
+                    twin: Callable[[], Target | None] | None = None) -> tuple[list[dict], int]:
     """Summaries of `target` for every prompt, and how many prompts were evaluated now (the others
-    were reused from disk). The model is loaded only if something is left to evaluate."""
+    were reused from disk). The model is loaded only if something is left to evaluate. `twin`, asked
+    only then, names an already scored target with the same weights, whose scores are reused."""
     summaries = []
     evaluated_now = 0
     generator = None
     identity = {"model": str(target.path), "model_step": target.step, "model_files": model_identity(target.path)}
+    same = None
     for prompt in prompts:
         directory = out / target.name / prompt
         settings = {**base_settings, **identity, "prompt_template": EVAL_PROMPTS[prompt]}
         with claim(directory):
             summary = load_done(directory, settings)
+            if summary is None and twin is not None:
+                if same is None:
+                    same = twin() or False
+                if same:
+                    summary = reuse_twin(same, target, prompt, out, settings)
             if summary is None:
                 if generator is None:
                     generator = load(target)

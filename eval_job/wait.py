@@ -86,6 +86,24 @@ def _unreachable(kind: str, name: str, kubeconfig: str | None, error: Exception)
                            "or use --wait-for marker")
 
 
+def kube_api_client(kind: str, name: str, kubeconfig: str | None = None):
+    """A kubernetes ApiClient from `kubeconfig` when given, else the in-cluster service account in a
+    pod, else $KUBECONFIG or ~/.kube/config; WaitConfigError naming the way out when none works."""
+    try:
+        from kubeflow.training.utils.utils import is_running_in_k8s
+        from kubernetes import client, config
+        from kubernetes.config import ConfigException
+    except ImportError as e:
+        raise WaitConfigError(f"--wait-for {kind} needs the kubernetes client (pip install 'r1v-k8s[k8s]'): {e}") from e
+    try:
+        if kubeconfig or not is_running_in_k8s():
+            return config.new_client_from_config(config_file=kubeconfig)
+        config.load_incluster_config()
+        return client.ApiClient()
+    except (ConfigException, OSError) as e:
+        raise _unreachable(kind, name, kubeconfig, e) from e
+
+
 def wait_for_pytorchjob(name: str, namespace: str | None, timeout: float, poll: float,
                         kubeconfig: str | None = None):
     """Block until PyTorchJob NAME has Succeeded; raise TrainingFailed if it Failed. Uses `kubeconfig`
@@ -148,21 +166,13 @@ def wait_for_trainjob(name: str, namespace: str | None, timeout: float, poll: fl
     once on any other refusal (403: RBAC) with a RuntimeError."""
     try:
         import urllib3
-        from kubeflow.training.utils.utils import get_default_target_namespace, is_running_in_k8s
-        from kubernetes import client, config
+        from kubeflow.training.utils.utils import get_default_target_namespace
+        from kubernetes import client
         from kubernetes.client.rest import ApiException
-        from kubernetes.config import ConfigException
     except ImportError as e:
         raise WaitConfigError(f"--wait-for trainjob needs the kubernetes client (pip install 'r1v-k8s[k8s]'): {e}") from e
 
-    try:
-        if kubeconfig or not is_running_in_k8s():
-            api_client = config.new_client_from_config(config_file=kubeconfig)
-        else:
-            config.load_incluster_config()
-            api_client = client.ApiClient()
-    except (ConfigException, OSError) as e:
-        raise _unreachable("trainjob", name, kubeconfig, e) from e
+    api_client = kube_api_client("trainjob", name, kubeconfig)
     namespace = namespace or get_default_target_namespace()
     api = client.CustomObjectsApi(api_client)
     where = f"TrainJob {namespace}/{name}"

@@ -3,6 +3,7 @@ fires on a synthetic failing series and stays quiet on a healthy one (`promtool 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -13,8 +14,10 @@ import yaml
 from tests.chart.r1v_chart_helpers import NAMESPACE, REPO, crd_problems, kinds, only, render
 
 OPERATIONS = REPO / "docs" / "operations.md"
-ALERTS = ["R1VTrainingStalled", "R1VTrainingRestarts", "R1VTrainingFailed", "R1VEvaluationFailed",
-          "R1VEvaluationScoresMissing"]
+ALERTS = ["R1VTrainingStalled", "R1VTrainingRestarts", "R1VTrainingNotStarted", "R1VTrainerTargetDown",
+          "R1VTrainingFailed", "R1VEvaluationFailed", "R1VEvaluationScoresMissing", "R1VEvaluationScoresLost"]
+# Rendered only where the evaluator pushes scores.
+SCORE_ALERTS = ["R1VEvaluationScoresMissing", "R1VEvaluationScoresLost"]
 RUN = "r1v"  # the release's runName and PyTorchJob name in render()'s defaults
 
 
@@ -80,7 +83,7 @@ def test_values_set_labels_thresholds_and_the_runbook_url():
     assert all(r["labels"]["team"] == "ml" for r in by_name.values())
     assert by_name["R1VTrainingStalled"]["annotations"]["runbook_url"] == "https://example.com/ops.md#r1vtrainingstalled"
     assert "> 7200)" in by_name["R1VTrainingStalled"]["expr"]
-    assert "[6h])) > 3" in by_name["R1VTrainingRestarts"]["expr"]
+    assert "[6h]" in by_name["R1VTrainingRestarts"]["expr"] and by_name["R1VTrainingRestarts"]["expr"].endswith(" > 3")
     assert "> 1800)" in by_name["R1VEvaluationScoresMissing"]["expr"]
 
 
@@ -95,6 +98,19 @@ def test_rules_off_or_monitoring_off_render_no_rule():
 
 TRAIN = f'namespace="{NAMESPACE}", run="{RUN}", pod="{RUN}-master-0", job="{RUN}-metrics"'
 EVAL = f'job="r1v-eval", namespace="{NAMESPACE}", run="{RUN}", checkpoint="final"'
+RELEASE_CREATED = f'kube_configmap_created{{namespace="{NAMESPACE}", configmap="{RUN}-scripts"}}'
+
+
+# The master pod recreated once at 20 min (ExitCode): uid a, then uid b, each scheduled (node label set
+# after a minute Pending); its container never restarted in place. One restart.
+_MASTER = f'namespace="{NAMESPACE}", pod="{RUN}-master-0"'
+RUNNING = (f'kube_pod_status_phase{{{_MASTER}, uid="a", phase="Running"}}', "1x60")
+RECREATED = [(f'kube_pod_info{{{_MASTER}, uid="a", node=""}}', "1"),
+             (f'kube_pod_info{{{_MASTER}, uid="a", node="n1"}}', "_ 1x19"),
+             (f'kube_pod_info{{{_MASTER}, uid="b", node=""}}', "_x20 1"),
+             (f'kube_pod_info{{{_MASTER}, uid="b", node="n2"}}', "_x21 1x19"),
+             (f'kube_pod_container_status_restarts_total{{{_MASTER}, uid="a", container="pytorch"}}', "0x20"),
+             (f'kube_pod_container_status_restarts_total{{{_MASTER}, uid="b", container="pytorch"}}', "_x20 0x20")]
 
 
 def _case(name, series, alert, at, fires, labels=None):
@@ -140,12 +156,12 @@ def cases() -> list[dict]:
                              'container="pytorch"}', "0x30 1x30")],
               "R1VTrainingRestarts", "40m", True, _base("R1VTrainingRestarts", **ns)),
         # ExitCode (the default) and TrainJob restarts recreate the pod: a new uid, restarts_total from 0.
-        _case("recreated", [(f'kube_pod_info{{namespace="{NAMESPACE}", pod="{stuck}", uid="a"}}', "1x20"),
-                            (f'kube_pod_info{{namespace="{NAMESPACE}", pod="{stuck}", uid="b"}}', "_x20 1x20"),
-                            (f'kube_pod_container_status_restarts_total{{namespace="{NAMESPACE}", pod="{stuck}", '
-                             'container="pytorch"}', "0x40")],
-              "R1VTrainingRestarts", "40m", True, _base("R1VTrainingRestarts", **ns)),
-        _case("one pod all along", [(f'kube_pod_info{{namespace="{NAMESPACE}", pod="{stuck}", uid="a"}}', "1x60"),
+        _case("recreated", RECREATED, "R1VTrainingRestarts", "40m", True, _base("R1VTrainingRestarts", **ns)),
+        # A pod that is scheduled changes its node and IP labels, not its uid: not a restart.
+        _case("one pod all along", [(f'kube_pod_info{{namespace="{NAMESPACE}", pod="{stuck}", uid="a", node=""}}',
+                                     "1x5"),
+                                    (f'kube_pod_info{{namespace="{NAMESPACE}", pod="{stuck}", uid="a", node="n1"}}',
+                                     "_x5 1x55"),
                                     # another release's trainer recreated: not this run's
                                     (f'kube_pod_info{{namespace="{NAMESPACE}", pod="other-master-0", uid="c"}}',
                                      "1x20"),
@@ -190,6 +206,44 @@ def cases() -> list[dict]:
         # Before the deadline: not yet.
         _case("evaluating", [(f"r1v_train_completion_timestamp_seconds{{{TRAIN}}}", "0x60 3660x2")],
               "R1VEvaluationScoresMissing", "2h", False),
+        # The release is 45 min old; its master pod Pending all along (no GPUs, an unbound claim).
+        _case("pending", [(RELEASE_CREATED, "0x60"),
+                          (f'kube_pod_status_phase{{{_MASTER}, uid="a", phase="Pending"}}', "1x60"),
+                          (f'kube_pod_status_phase{{{_MASTER}, uid="a", phase="Running"}}', "0x60")],
+              "R1VTrainingNotStarted", "45m", True, _base("R1VTrainingNotStarted", **ns)),
+        # Kueue never admitted the job: no pod at all.
+        _case("not admitted", [(RELEASE_CREATED, "0x60")],
+              "R1VTrainingNotStarted", "45m", True, _base("R1VTrainingNotStarted", **ns)),
+        _case("started", [(RELEASE_CREATED, "0x60"),
+                          (f'kube_pod_status_phase{{{_MASTER}, uid="a", phase="Pending"}}', "1x10 0x50"),
+                          (f'kube_pod_status_phase{{{_MASTER}, uid="a", phase="Running"}}', "0x10 1x50")],
+              "R1VTrainingNotStarted", "45m", False),
+        # Training succeeded and its pods were cleaned up: the gate's success says it ran.
+        _case("done and cleaned up", [(RELEASE_CREATED, "0x60"),
+                                      (f'kube_job_status_succeeded{{namespace="{NAMESPACE}", '
+                                       f'job_name="{RUN}-eval-gate"}}', "0x5 1x55")],
+              "R1VTrainingNotStarted", "45m", False),
+        _case("target down", [(f'up{{{_MASTER}, job="{RUN}-metrics"}}', "1x5 0x30"), RUNNING],
+              "R1VTrainerTargetDown", "20m", True, _base("R1VTrainerTargetDown", pod=stuck, **ns)),
+        # The trainer finished: its pod Succeeded and the target, if still listed, is not the job's.
+        _case("finished target", [(f'up{{{_MASTER}, job="{RUN}-metrics"}}', "1x5 0x30"),
+                                  (f'kube_pod_status_phase{{{_MASTER}, uid="a", phase="Running"}}', "1x5 0x30"),
+                                  (f'kube_pod_status_phase{{{_MASTER}, uid="a", phase="Succeeded"}}', "0x5 1x30")],
+              "R1VTrainerTargetDown", "20m", False),
+        _case("target up", [(f'up{{{_MASTER}, job="{RUN}-metrics"}}', "1x30"), RUNNING,
+                            # another release's trainer is down: not this run's
+                            (f'up{{namespace="{NAMESPACE}", pod="other-master-0", job="other-metrics"}}', "0x30")],
+              "R1VTrainerTargetDown", "20m", False),
+        _case("gate failed", [(f'kube_job_failed{{namespace="{NAMESPACE}", job_name="{RUN}-eval-gate", '
+                               'condition="true"}', "1x20")],
+              "R1VEvaluationFailed", "15m", True, _base("R1VEvaluationFailed", job_name=f"{RUN}-eval-gate", **ns)),
+        # Pushed at 5 min, then the gateway restarted without its persistence file at 20 min.
+        _case("scores lost", [(f"r1v_eval_last_success_timestamp_seconds{{{EVAL}}}", "_x5 300x15")],
+              "R1VEvaluationScoresLost", "45m", True,
+              _base("R1VEvaluationScoresLost", checkpoint="final", **ns)),
+        # A restart with persistence (or a re-push) within the `for` window: the series is back.
+        _case("scores restored", [(f"r1v_eval_last_success_timestamp_seconds{{{EVAL}}}", "_x5 300x15 _x5 300x40")],
+              "R1VEvaluationScoresLost", "45m", False),
     ]
 
 
@@ -236,3 +290,44 @@ def test_bad_monitoring_values_are_rejected_naming_the_key(values, key):
     with pytest.raises(helm.HelmValuesError) as err:
         render(values)
     assert key in str(err.value)
+
+
+def test_score_alerts_render_only_where_the_evaluator_pushes_scores(tmp_path):
+    for values in ({"evaluator": {"enabled": False}}, {"evaluator": {"pushgatewayUrl": ""}}):
+        names = [r["alert"] for r in rules(values)]
+        assert names == [a for a in ALERTS if a not in SCORE_ALERTS]
+    # An evaluator-off release whose training finished: nothing waits for scores.
+    off = {"evaluator": {"enabled": False}}
+    finished = [c for c in cases() if c["name"] in ("scores missing", "scores lost")]
+    for case in finished:
+        case["alert_rule_test"][0]["exp_alerts"] = []
+    result = _unit_tests(tmp_path, finished, off)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _panel():
+    dashboard = json.loads((REPO / "charts" / "r1v" / "dashboards" / "r1v.json").read_text())
+    (panel,) = [p for p in dashboard["panels"] if p["title"].startswith("Restarts")]
+    return panel["targets"][0]["expr"]
+
+
+def test_the_restarts_panel_and_alert_share_one_expression_and_agree_on_a_recreated_pod(tmp_path):
+    alert = {r["alert"]: r for r in rules()}["R1VTrainingRestarts"]["expr"]
+    # The panel is the alert's expression with Grafana's variables in the selector and a 1h window.
+    panel = _panel()
+    as_grafana = (alert.removesuffix(" > 0")
+                  .replace(f'namespace="{NAMESPACE}", pod=~"{RUN}-', 'namespace=~"$namespace", pod=~"($job)-'))
+    assert panel == as_grafana
+    # What Grafana sends with namespace=r1v and the run's job selected.
+    queried = panel.replace("$namespace", NAMESPACE).replace("$job", RUN)
+    both = {"name": "panel and alert", "interval": "1m",
+            "input_series": [{"series": s, "values": v} for s, v in RECREATED],
+            "promql_expr_test": [{"expr": queried, "eval_time": "40m",
+                                  "exp_samples": [{"labels": f'{{namespace="{NAMESPACE}"}}', "value": 1}]}],
+            "alert_rule_test": [{"eval_time": "40m", "alertname": "R1VTrainingRestarts",
+                                 "exp_alerts": [{"exp_labels": _base("R1VTrainingRestarts", namespace=NAMESPACE)}]}]}
+    result = _unit_tests(tmp_path, [both])
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The old panel (in-place restarts only) reads 0 on the same series: the check can fail.
+    both["promql_expr_test"][0]["expr"] = queried.split(" + ")[0].lstrip("(")
+    assert _unit_tests(tmp_path, [both]).returncode != 0

@@ -212,7 +212,7 @@ def test_evaluator_command_matches_the_interface():
     assert a == {"--model": "/data/runs/exp1", "--checkpoints": "/data/runs/exp1",
                  "--data": "/data/datasets/superclevr/superclevr_test200_counting_problems.jsonl",
                  "--image-root": "/data/datasets/superclevr", "--out": "/data/runs/exp1/eval",
-                 "--wait-for": f"pytorchjob/{only(objects, 'PyTorchJob')['metadata']['name']}",
+                 "--wait-for": "marker", "--timeout": "900", "--poll-interval": "5",
                  "--namespace": "team-a", "--pushgateway": "http://prometheus-pushgateway.monitoring.svc:9091",
                  "--run": "exp1"}
     assert c["resources"]["requests"]["nvidia.com/gpu"] == c["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -224,21 +224,26 @@ def test_evaluator_without_pushgateway_or_gpu():
     assert "nvidia.com/gpu" not in c["resources"]["requests"]
 
 
-def test_evaluator_role_grants_only_reading_pytorchjobs():
+def test_evaluator_role_grants_reading_the_one_pytorchjob_and_resuming_the_one_evaluation_job():
     objects = render({})
     role = only(objects, "Role")
-    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
-               for r in rule["resources"] for v in rule["verbs"]}
-    assert granted == {("kubeflow.org", "pytorchjobs", v) for v in ("get", "list", "watch")}
-    assert all(set(rule) <= {"apiGroups", "resources", "verbs"} for rule in role["rules"])
+    granted = {(g, r, n, v) for rule in role["rules"] for g in rule["apiGroups"]
+               for r in rule["resources"] for n in rule["resourceNames"] for v in rule["verbs"]}
+    assert granted == {("kubeflow.org", "pytorchjobs", "r1v", "get"), ("batch", "jobs", "r1v-eval", "patch")}
+    assert all(set(rule) == {"apiGroups", "resources", "resourceNames", "verbs"} for rule in role["rules"])
+    # Without an evaluation there is nothing to resume: the helm test's read only.
+    (rule,) = only(render({"evaluator": {"enabled": False}}), "Role")["rules"]
+    assert rule["verbs"] == ["get"] and rule["resourceNames"] == ["r1v"]
     assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     binding = only(objects, "RoleBinding")
     sa = only(objects, "ServiceAccount")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "r1v"}]
     eval_pod = only(objects, "Job", "-eval")["spec"]["template"]["spec"]
-    assert eval_pod["serviceAccountName"] == sa["metadata"]["name"]
-    # Only the evaluator gets an API token; the trainer runs user code with none.
+    gate_pod = only(objects, "Job", "-eval-gate")["spec"]["template"]["spec"]
+    assert eval_pod["serviceAccountName"] == gate_pod["serviceAccountName"] == sa["metadata"]["name"]
+    # Only the gate gets an API token; the evaluator reads the volume and the trainer runs user code, with none.
+    assert gate_pod["automountServiceAccountToken"] is True and eval_pod["automountServiceAccountToken"] is False
     assert all(p["automountServiceAccountToken"] is False for p in replica_pods(only(objects, "PyTorchJob")).values())
 
 

@@ -97,15 +97,16 @@ def test_exitcode_restarts_map_to_jobset_failure_rules():
     assert "podFailurePolicy" not in on_failure["replicatedJobs"][0]["template"]["spec"]
 
 
-def test_evaluator_waits_on_the_trainjob_and_its_role_reads_only_trainjobs():
+def test_evaluation_gate_waits_on_the_trainjob_and_its_role_reads_only_that_trainjob():
     objects = render(TJ)
-    args = only(objects, "Job", "-eval")["spec"]["template"]["spec"]["containers"][0]["args"]
+    args = only(objects, "Job", "-eval-gate")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--wait-for") + 1] == "trainjob/r1v"
-    (rule,) = only(objects, "Role")["rules"]
-    assert rule == {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"], "verbs": ["get", "list", "watch"]}
+    rule = only(objects, "Role")["rules"][0]
+    assert rule == {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"], "resourceNames": ["r1v"],
+                    "verbs": ["get"]}
     env = {e["name"]: e.get("value") for e in only(objects, "Pod")["spec"]["containers"][0]["env"]}
     assert env["JOB_API"] == "trainer.kubeflow.org/v1alpha1/trainjobs"
-    (rule,) = only(render({}), "Role")["rules"]
+    rule = only(render({}), "Role")["rules"][0]
     assert rule["resources"] == ["pytorchjobs"]
 
 

@@ -1,5 +1,5 @@
-"""`helm test`: the recipe parses, the shared volume is writable, and the evaluator's identity can
-read the training job (its Role is the evaluator's). Runs in the evaluator image; settings by env."""
+"""`helm test`: the recipe parses, the shared volume is writable, and the evaluation gate's identity
+can read the training job (its Role names that one job). Runs in the evaluator image; settings by env."""
 
 import json
 import os

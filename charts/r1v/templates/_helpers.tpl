@@ -38,7 +38,12 @@ characters, so every name here is cut to 48 and must start with a letter.
 {{ include "r1v.fullname" . }}-eval
 {{- end }}
 
-{{/* The evaluator's --wait-for: KIND/NAME. */}}
+{{/* The CPU-only Job that resumes the evaluation Job when training succeeded. */}}
+{{- define "r1v.evalGateJobName" -}}
+{{ include "r1v.evalJobName" . }}-gate
+{{- end }}
+
+{{/* The gate's --wait-for: KIND/NAME. */}}
 {{- define "r1v.jobRef" -}}
 {{- printf "%s/%s" (lower .Values.jobKind) (include "r1v.jobName" .) }}
 {{- end }}
