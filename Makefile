@@ -9,7 +9,7 @@ IMAGE_TAG  ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 REVISION   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 BUILDER    ?= $(shell command -v docker >/dev/null 2>&1 && echo docker || echo buildah)
 
-.PHONY: setup tools test demo smoke images bench clean
+.PHONY: setup tools test demo smoke images lock bench clean
 
 setup: $(VENV)/.installed
 
@@ -45,9 +45,19 @@ bench: setup
 	$(PY) -m bench --model tiny --recipe recipes/smoke_cpu.yaml --image-size 480x320 --set max_pixels=401408 --threads 1 --steps 3 --warmup 1 --baseline ours:mb=16,levers=none --variants ours:mb=16,levers=none ours:mb=16,levers=dedup ours:mb=16,levers=dedup+group ours:mb=16,levers=images ours:mb=16 r1v:levers=none --out runs/bench/cpu_tiny.json
 
 # Both images from the repo root; tags default to pyproject's version (= the chart's appVersion).
+# CUDA_DEVEL_DIGEST, CUDA_RUNTIME_DIGEST, CUDA_BASE_DIGEST (sha256:...) pin the CUDA bases by digest
+# (docs/operations.md, "Reproducible images").
 images:
-	$(BUILDER) build -f docker/trainer.Dockerfile --build-arg VERSION=$(IMAGE_TAG) --build-arg REVISION=$(REVISION) -t $(IMAGE_REPO)/r1v-trainer:$(IMAGE_TAG) .
-	$(BUILDER) build -f docker/evaluator.Dockerfile --build-arg VERSION=$(IMAGE_TAG) --build-arg REVISION=$(REVISION) -t $(IMAGE_REPO)/r1v-evaluator:$(IMAGE_TAG) .
+	$(BUILDER) build -f docker/trainer.Dockerfile --build-arg VERSION=$(IMAGE_TAG) --build-arg REVISION=$(REVISION) \
+	  --build-arg CUDA_DEVEL_DIGEST=$(CUDA_DEVEL_DIGEST) --build-arg CUDA_RUNTIME_DIGEST=$(CUDA_RUNTIME_DIGEST) \
+	  -t $(IMAGE_REPO)/r1v-trainer:$(IMAGE_TAG) .
+	$(BUILDER) build -f docker/evaluator.Dockerfile --build-arg VERSION=$(IMAGE_TAG) --build-arg REVISION=$(REVISION) \
+	  --build-arg CUDA_BASE_DIGEST=$(CUDA_BASE_DIGEST) -t $(IMAGE_REPO)/r1v-evaluator:$(IMAGE_TAG) .
+
+# The images' lock files (docker/*.lock: every distribution with its hashes) from pyproject.toml's
+# pins, with uv from the dev extra; reads PyPI. Run after changing any pin; the tests check they match.
+lock: setup
+	$(PY) docker/pins.py --lock
 
 clean:
 	rm -rf runs .pytest_cache

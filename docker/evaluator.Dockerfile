@@ -4,12 +4,18 @@
 # Build from the repository root:
 #   docker build -f docker/evaluator.Dockerfile -t r1v-evaluator:0.1.0 .
 
+# Versions: the CUDA base here; every Python distribution from docker/evaluator.lock, with hashes
+# (compiled from pyproject.toml by `make lock`).
+
 # torch's wheels bring their own CUDA libraries, so the minimal CUDA base (driver hooks only) is enough.
 ARG CUDA_VERSION=13.0.1
 ARG UBUNTU=ubuntu24.04
+# The base's digest (sha256:...), so that a re-pushed tag cannot change the image: `make images`
+# passes CUDA_BASE_DIGEST (docs/operations.md, "Reproducible images"). Empty = by tag alone.
+ARG CUDA_BASE_DIGEST=
 
 # ---- build: venv and pip, so the runtime image carries neither pip caches nor python3-venv -----
-FROM nvidia/cuda:${CUDA_VERSION}-base-${UBUNTU} AS build
+FROM nvidia/cuda:${CUDA_VERSION}-base-${UBUNTU}${CUDA_BASE_DIGEST:+@${CUDA_BASE_DIGEST}} AS build
 ENV DEBIAN_FRONTEND=noninteractive
 # Ubuntu's archive drops superseded versions, so apt pins would break rebuilds; the CUDA base tag
 # fixes the distribution release instead.
@@ -22,9 +28,8 @@ ENV VIRTUAL_ENV=/opt/venv \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3.12 -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml docker/pins.py ./
-RUN python pins.py base eval k8s > /tmp/requirements.txt \
- && pip install --no-cache-dir -r /tmp/requirements.txt
+COPY pyproject.toml docker/evaluator.lock ./
+RUN pip install --no-cache-dir --require-hashes -r evaluator.lock
 COPY README.md ./
 COPY r1v_job ./r1v_job
 COPY eval_job ./eval_job
@@ -36,16 +41,18 @@ COPY recipes ./recipes
 RUN pip install --no-cache-dir --no-deps .
 
 # ---- runtime -----------------------------------------------------------------------------------
-FROM nvidia/cuda:${CUDA_VERSION}-base-${UBUNTU} AS runtime
+FROM nvidia/cuda:${CUDA_VERSION}-base-${UBUNTU}${CUDA_BASE_DIGEST:+@${CUDA_BASE_DIGEST}} AS runtime
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CUDA_VERSION
+ARG CUDA_BASE_DIGEST
 LABEL org.opencontainers.image.title="r1v-evaluator" \
       org.opencontainers.image.description="R1-V SuperCLEVR evaluator, data preparation and helm test image" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="nvidia/cuda:${CUDA_VERSION}-base-ubuntu24.04"
+      org.opencontainers.image.base.name="nvidia/cuda:${CUDA_VERSION}-base-ubuntu24.04" \
+      org.opencontainers.image.base.digest="${CUDA_BASE_DIGEST}"
 ENV DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
 RUN apt-get update \

@@ -2,15 +2,21 @@
 # The trainer: torchrun over `python -m r1v_job`, with flash-attn and DeepSpeed compiled for
 # A100 (sm_80) and H100 (sm_90). Build from the repository root:
 #   docker build -f docker/trainer.Dockerfile -t r1v-trainer:0.1.0 .
-# Versions: the CUDA base here; every Python package from pyproject.toml (via docker/pins.py).
+# Versions: the CUDA base here; every Python distribution from docker/trainer.lock and
+# docker/trainer-gpu.lock, with hashes (compiled from pyproject.toml by `make lock`).
 
 # CUDA 13.0 matches the CUDA runtime the pinned torch wheel is built against; flash-attn and
 # DeepSpeed's ops must be compiled with the same major version.
 ARG CUDA_VERSION=13.0.1
 ARG UBUNTU=ubuntu24.04
+# The bases' digests (sha256:...), so that a re-pushed tag cannot change the image: `make images`
+# passes CUDA_DEVEL_DIGEST and CUDA_RUNTIME_DIGEST (docs/operations.md, "Reproducible images").
+# Empty = by tag alone.
+ARG CUDA_DEVEL_DIGEST=
+ARG CUDA_RUNTIME_DIGEST=
 
 # ---- build: compilers and the CUDA toolkit, thrown away afterwards (several GB) ----------------
-FROM nvidia/cuda:${CUDA_VERSION}-devel-${UBUNTU} AS build
+FROM nvidia/cuda:${CUDA_VERSION}-devel-${UBUNTU}${CUDA_DEVEL_DIGEST:+@${CUDA_DEVEL_DIGEST}} AS build
 ENV DEBIAN_FRONTEND=noninteractive
 # Ubuntu's archive drops superseded versions, so apt pins would break rebuilds; the CUDA base tag
 # fixes the distribution release instead.
@@ -23,11 +29,11 @@ ENV VIRTUAL_ENV=/opt/venv \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3.12 -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml docker/pins.py ./
-# Dependencies first (a layer that survives source edits). "build" is an optional extra with the
-# pinned build helpers (ninja, packaging, psutil) the next step compiles with.
-RUN python pins.py base train build > /tmp/requirements.txt \
- && pip install --no-cache-dir -r /tmp/requirements.txt
+COPY pyproject.toml docker/trainer.lock docker/trainer-gpu.lock ./
+# Dependencies first (a layer that survives source edits): the whole environment from the lock, each
+# file checked against its hash. It holds the "build" extra's pinned build helpers (ninja, packaging,
+# psutil) the next step compiles with.
+RUN pip install --no-cache-dir --require-hashes -r trainer.lock
 # flash-attn and DeepSpeed compile against the torch installed above, hence no build isolation.
 # FORCE_BUILD: never fetch a prebuilt flash-attn wheel from outside the package index.
 ENV TORCH_CUDA_ARCH_LIST="8.0;9.0" \
@@ -36,8 +42,7 @@ ENV TORCH_CUDA_ARCH_LIST="8.0;9.0" \
     DS_BUILD_FUSED_ADAM=1 \
     DS_BUILD_CPU_ADAM=1 \
     DS_BUILD_UTILS=1
-RUN python pins.py gpu > /tmp/gpu.txt \
- && pip install --no-cache-dir --no-build-isolation -r /tmp/gpu.txt
+RUN pip install --no-cache-dir --require-hashes --no-build-isolation -r trainer-gpu.lock
 COPY README.md ./
 COPY r1v_job ./r1v_job
 COPY eval_job ./eval_job
@@ -49,16 +54,18 @@ COPY recipes ./recipes
 RUN pip install --no-cache-dir --no-deps .
 
 # ---- runtime: CUDA runtime libraries, Python and the venv only ----------------------------------
-FROM nvidia/cuda:${CUDA_VERSION}-runtime-${UBUNTU} AS runtime
+FROM nvidia/cuda:${CUDA_VERSION}-runtime-${UBUNTU}${CUDA_RUNTIME_DIGEST:+@${CUDA_RUNTIME_DIGEST}} AS runtime
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CUDA_VERSION
+ARG CUDA_RUNTIME_DIGEST
 LABEL org.opencontainers.image.title="r1v-trainer" \
       org.opencontainers.image.description="R1-V GRPO trainer (TRL, DeepSpeed, flash-attn) for Kubeflow PyTorchJobs" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu24.04"
+      org.opencontainers.image.base.name="nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu24.04" \
+      org.opencontainers.image.base.digest="${CUDA_RUNTIME_DIGEST}"
 ENV DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
 RUN apt-get update \

@@ -191,11 +191,45 @@ def final_weights(model_dir: Path) -> list[Path]:
     return sorted(p for p in Path(model_dir).iterdir() if p.is_file() and _WEIGHTS.match(p.name))
 
 
-def write_completion_marker(output_dir: str | Path, marker: str, global_step: int) -> Path:
+# --- what a run trained on ----------------------------------------------------------------------
+
+# Data preparation (charts/r1v/files/data_prep.py) writes this file into each model and data set
+# folder it downloads: {"repo_id", "repo_type", "revision" (the Hub commit it fetched)}.
+SOURCE_RECORD = ".r1v-source.json"
+UNKNOWN_REVISION = "unknown"
+
+
+def source_revision(path: str | Path, requested: str | None = None) -> str:
+    """The Hub commit a model or data set path was fetched at: the record data preparation left in
+    the folder (a file's folder, for a jsonl or parquet file); for a Hub id (no such local path) the
+    revision the recipe asks the Hub for (`requested`); else "unknown" (filled by hand, or built offline)."""
+    path = Path(path)
+    if not path.exists() and "*" not in path.name:
+        return requested or UNKNOWN_REVISION
+    for folder in (path,) if path.is_dir() else (path.parent,):
+        try:
+            revision = json.loads((folder / SOURCE_RECORD).read_text()).get("revision")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(revision, str) and revision:
+            return revision
+    return UNKNOWN_REVISION
+
+
+def source_revisions(model: str | Path, dataset: str | Path, model_revision: str | None = None) -> dict[str, str]:
+    """The model and data set a run trains on, with their revisions: the completion marker's `source`
+    and the labels of r1v_train_source_info."""
+    return {"model": str(model), "model_revision": source_revision(model, model_revision),
+            "dataset": str(dataset), "dataset_revision": source_revision(dataset)}
+
+
+def write_completion_marker(output_dir: str | Path, marker: str, global_step: int,
+                            source: dict[str, str] | None = None) -> Path:
     """Written after the final model is saved; its presence means the model in output_dir is final.
 
     The model's files are fsynced first, and the marker records the step and each weights file's
-    size and sha256, which `marker_problem` (the evaluator's `--wait-for marker`) checks.
+    size and sha256, which `marker_problem` (the evaluator's `--wait-for marker`) checks, and
+    `source` (source_revisions: the model and data revisions the run trained on).
     """
     output_dir = Path(output_dir)
     files = final_weights(output_dir)
@@ -208,6 +242,8 @@ def write_completion_marker(output_dir: str | Path, marker: str, global_step: in
     record = {"global_step": global_step, "model_dir": str(output_dir.resolve()),
               "finished_at": datetime.now(timezone.utc).isoformat(),
               "files": {f.name: {"size": f.stat().st_size, "sha256": _digest(f)} for f in files}}
+    if source is not None:
+        record["source"] = source
     path = output_dir / marker
     _write_durably(path, json.dumps(record, indent=1) + "\n")
     return path

@@ -42,6 +42,11 @@ class R1VScriptArguments(ScriptArguments):
         default=8000,
         metadata={"help": "Port of the Prometheus /metrics endpoint served by the rank-0 process; 0 disables it."},
     )
+    metrics_addr: str = field(
+        default="0.0.0.0",
+        metadata={"help": "Address the /metrics endpoint binds: 0.0.0.0 (every IPv4 interface, what a pod's "
+                          "scrape needs), the pod's IP, 127.0.0.1 (this host only) or an IPv6 address such as ::."},
+    )
     metrics_grace_seconds: float = field(
         default=60.0,
         metadata={"help": "Seconds /metrics keeps serving after the final model and the completion marker are "

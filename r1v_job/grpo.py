@@ -114,7 +114,8 @@ def build_trainer(script_args: R1VScriptArguments, training_args: GRPOConfig, mo
         processing_class=processor,
         dedup_vision=script_args.dedup_vision, group_micro_batches=script_args.group_micro_batches,
         process_images_once=script_args.process_images_once, compile_generation=script_args.compile_generation,
-        callbacks=[*training_callbacks(script_args, reward_names), StopAtStepCallback(script_args.stop_at_step),
+        callbacks=[*training_callbacks(script_args, reward_names, _source(script_args, model_args)),
+                   StopAtStepCallback(script_args.stop_at_step),
                    FsyncCheckpointCallback(), *(callbacks or [])],
     )
     # One readable line per step (StepLogCallback) instead of transformers' dict dump (it replaces
@@ -144,8 +145,13 @@ def _finished(output_dir: Path, marker_name: str, at_least: int) -> dict | None:
     return marker if marker["global_step"] >= at_least else None
 
 
+def _source(script_args: R1VScriptArguments, model_args: ModelConfig) -> dict[str, str]:
+    """The model and data revisions this run trains on (the marker's `source`, r1v_train_source_info)."""
+    return ckpt.source_revisions(model_args.model_name_or_path, script_args.dataset_name, model_args.model_revision)
+
+
 def _finish_without_training(output_dir: Path, marker_name: str, checkpoint: Path | None, step: int,
-                             marker: dict | None = None) -> None:
+                             marker: dict | None = None, source: dict[str, str] | None = None) -> None:
     """The run is at its last step already: say so, or complete a final save that was cut short."""
     if checkpoint is not None and not _is_main_process():
         return  # rank 0 alone says so or finishes it: no need to hash the final model on every rank
@@ -163,7 +169,7 @@ def _finish_without_training(output_dir: Path, marker_name: str, checkpoint: Pat
         logger.info("%s: %s is at the run's last step %d; making it the final model (no training)",
                     output_dir, checkpoint.name, step)
         ckpt.finish_from_checkpoint(checkpoint, output_dir)
-        marker_path = ckpt.write_completion_marker(output_dir, marker_name, step)
+        marker_path = ckpt.write_completion_marker(output_dir, marker_name, step, source)
         logger.info("final model in %s; completion marker %s", output_dir, marker_path)
 
 
@@ -192,7 +198,7 @@ def run(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: 
     bound = (last_step(training_args.max_steps, script_args.stop_at_step) if training_args.max_steps > 0
              else script_args.stop_at_step)
     if bound is not None and done >= bound:
-        _finish_without_training(out, marker_name, resume, done)
+        _finish_without_training(out, marker_name, resume, done, source=_source(script_args, model_args))
         return None
     if bound is not None and resume is None and (marker := _finished(out, marker_name, bound)) is not None:
         _finish_without_training(out, marker_name, None, bound, marker)  # finished, with no checkpoints kept
@@ -205,11 +211,13 @@ def run(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: 
     try:
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     except NothingToTrain as reached:
-        _finish_without_training(out, marker_name, resume, reached.global_step)
+        _finish_without_training(out, marker_name, resume, reached.global_step,
+                                 source=_source(script_args, model_args))
         return None
     trainer.save_model(training_args.output_dir)  # on every rank: ZeRO-3 gathers the shards collectively
     if trainer.accelerator.is_main_process:
-        marker = ckpt.write_completion_marker(out, marker_name, trainer.state.global_step)
+        marker = ckpt.write_completion_marker(out, marker_name, trainer.state.global_step,
+                                              _source(script_args, model_args))
         logger.info("final model in %s; completion marker %s", out, marker)
     trainer.accelerator.wait_for_everyone()
     finish_training_metrics(trainer)  # rank 0: the final values stay scrapeable for metrics_grace_seconds

@@ -11,11 +11,14 @@ target labels, and a `run` relabelling), and a label exported here would clash w
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 import time
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import torch
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from transformers import TrainerCallback
 
 from .config import last_step, step_batch
@@ -92,6 +95,77 @@ class TrainMetrics:
                                    ["device"], registry=registry)
         self.gpu_peak = Gauge("r1v_train_gpu_memory_peak_bytes", "Peak GPU memory held by tensors since start",
                               ["device"], registry=registry)
+        self.source = Info("r1v_train_source", "What the run trains on: the model and data set paths and the Hub "
+                           "revisions (commits) data preparation fetched them at; \"unknown\" where no record",
+                           registry=registry)
+
+
+# The /metrics endpoint: Prometheus scrapes one connection at a time, so a handful of slots is plenty;
+# anything beyond them (a port scan, a stuck client) is closed at once instead of holding a thread.
+MAX_CONNECTIONS = 4
+# Seconds a connection may take to send its request and read the answer before it is closed.
+CONNECTION_TIMEOUT = 10.0
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    """GET /metrics (any query string) answers the registry's exposition; every other path is 404."""
+
+    registry: CollectorRegistry
+    timeout = CONNECTION_TIMEOUT  # StreamRequestHandler puts it on the socket: a half-open client times out
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        if self.path.split("?", 1)[0] != "/metrics":
+            self.send_error(404, "only /metrics is served here")
+            return
+        body = generate_latest(self.registry)
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args):  # one line per scrape would drown the step lines
+        pass
+
+
+class MetricsServer(HTTPServer):
+    """HTTP server for /metrics with at most `max_connections` connections served at once, each on its
+    own daemon thread and closed after `timeout` seconds of silence; a connection beyond the bound is
+    closed unanswered. (prometheus_client's start_http_server starts a thread per connection, unbounded.)"""
+
+    # Connections waiting to be accepted (and then served or closed at once); http.server's 5 would
+    # make a burst of clients wait on the kernel's SYN retries.
+    request_queue_size = 128
+
+    def __init__(self, addr: str, port: int, registry: CollectorRegistry, max_connections: int = MAX_CONNECTIONS,
+                 timeout: float = CONNECTION_TIMEOUT):
+        self.address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        handler = type("Handler", (_MetricsHandler,), {"registry": registry, "timeout": timeout})
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self.refused = 0
+        super().__init__((addr, port), handler)
+        self._thread = threading.Thread(target=self.serve_forever, name="r1v-metrics", daemon=True)
+        self._thread.start()
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        threading.Thread(target=self._serve_one, args=(request, client_address), daemon=True).start()
+
+    def _serve_one(self, request, client_address):
+        try:
+            self.finish_request(request, client_address)
+        except Exception:  # a client gone mid-answer: nothing to do but close
+            pass
+        finally:
+            self.shutdown_request(request)
+            self._slots.release()
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
 
 
 def new_registry() -> CollectorRegistry:
@@ -110,11 +184,13 @@ class PrometheusCallback(TrainerCallback):
     """
 
     def __init__(self, port: int, reward_names: list[str], addr: str = "0.0.0.0", stop_at_step: int | None = None,
-                 grace_seconds: float = 0.0):
+                 grace_seconds: float = 0.0, source: dict[str, str] | None = None):
         self.port, self.addr, self.reward_names = port, addr, reward_names
         self.stop_at_step, self.grace_seconds = stop_at_step, grace_seconds
         self.registry = CollectorRegistry()
         self.metrics = TrainMetrics(self.registry)
+        if source:
+            self.metrics.source.info({k: str(v) for k, v in source.items()})
         self.server = None
         self._last_step_end = None
         self._tokens_seen = 0
@@ -133,9 +209,9 @@ class PrometheusCallback(TrainerCallback):
         # A resumed run restores TRL's token count: only what this process adds is counted.
         self._tokens_seen = state.num_input_tokens_seen or 0
         if self.port and self.server is None:
-            self.server, _ = start_http_server(self.port, addr=self.addr, registry=self.registry)
+            self.server = MetricsServer(self.addr, self.port, self.registry)
             self.port = self.server.server_port  # port 0 binds an ephemeral port: report the real one
-            logger.info("serving Prometheus metrics on :%d/metrics", self.port)
+            logger.info("serving Prometheus metrics on %s:%d/metrics", self.addr, self.port)
         self._last_step_end = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -185,8 +261,7 @@ class PrometheusCallback(TrainerCallback):
         if self.grace_seconds > 0:
             logger.info("serving the final metrics for %.0f s more (metrics_grace_seconds)", self.grace_seconds)
             time.sleep(self.grace_seconds)
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
         self.server = None
 
 
@@ -217,12 +292,14 @@ class StepLogCallback(TrainerCallback):
                     nan if zero_std is None else 100 * zero_std, per_step, eta)
 
 
-def training_callbacks(script_args, reward_names: list[str]) -> list[TrainerCallback]:
+def training_callbacks(script_args, reward_names: list[str], source: dict[str, str] | None = None
+                       ) -> list[TrainerCallback]:
     """The trainer's metrics callbacks for the recipe's script fields; `reward_names` are the reward
-    functions' `__name__`s, the keys TRL logs them under (an import path's function name)."""
-    return [PrometheusCallback(script_args.metrics_port, reward_names,
+    functions' `__name__`s, the keys TRL logs them under (an import path's function name); `source`
+    the model and data revisions (r1v_job.checkpoints.source_revisions) for r1v_train_source_info."""
+    return [PrometheusCallback(script_args.metrics_port, reward_names, addr=script_args.metrics_addr,
                                stop_at_step=script_args.stop_at_step,
-                               grace_seconds=script_args.metrics_grace_seconds),
+                               grace_seconds=script_args.metrics_grace_seconds, source=source),
             StepLogCallback(reward_names, stop_at_step=script_args.stop_at_step)]
 
 

@@ -123,12 +123,17 @@ def check_metrics_port(script_args, training_args, model_args) -> None:
         return
     if not 0 < port < 65536:
         raise UsageError(f"metrics_port {port}: not a TCP port (1-65535, or 0 to serve no metrics)")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("", port))  # what prometheus_client's start_http_server binds
-        except OSError as exc:
-            why = "in use by another process" if exc.errno == errno.EADDRINUSE else exc.strerror
-            raise UsageError(f"metrics_port {port}: {why}; pick another port, or 0 to serve no metrics") from None
+    addr = script_args.metrics_addr
+    try:
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET  # as r1v_job.metrics.MetricsServer
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((addr, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageError(f"metrics_port {port}: in use by another process; pick another port, or 0 to serve "
+                             "no metrics") from None
+        raise UsageError(f"metrics_addr {addr}: cannot bind port {port} there ({exc.strerror or exc}); use 0.0.0.0, "
+                         "the pod's IP or 127.0.0.1") from None
 
 
 CHECKS = [check_schedule, check_precision, check_rewards, check_model, check_dataset, check_metrics_port]

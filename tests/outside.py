@@ -50,6 +50,9 @@ FIXTURES = {
     **{f"r1v-log-{tag}": Fixture(f"peers/r1v/counting_results_superclevr_200_qwen2vl_2b_instruct{suffix}_legacy.json",
                                  f"{_R1V}/src/eval/logs/counting_results_superclevr_200_qwen2vl_2b_instruct{suffix}_legacy.json")
        for tag, suffix in (("base", ""), ("grpo100", "_grpo100"))},
+    # R1-V's SuperCLEVR-200 question file, the chart's superclevr.questionsUrl (pinned to the same commit).
+    "r1v-superclevr-questions": Fixture("peers/r1v/superclevr_test200_counting_problems.jsonl",
+                                        f"{_R1V}/src/eval/prompts/superclevr_test200_counting_problems.jsonl"),
 }
 
 

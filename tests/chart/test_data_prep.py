@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 import zipfile
 
 import pytest
@@ -70,10 +71,77 @@ def test_cli_takes_exactly_the_arguments_the_chart_passes(monkeypatch):
     from tests.chart.r1v_chart_helpers import only, render
     args = only(render({"dataPrep": {"enabled": True}}), "Job", "-data-prep")["spec"]["template"]["spec"]["containers"][0]["args"]
     calls = []
-    monkeypatch.setattr(data_prep, "snapshot", lambda repo, dest, kind: calls.append((repo, str(dest), kind)))
-    monkeypatch.setattr(data_prep, "prepare_superclevr", lambda q, i, d, keep_zip: d / "q.jsonl")
+    monkeypatch.setattr(data_prep, "snapshot", lambda repo, dest, kind, rev: calls.append((repo, str(dest), kind, rev)))
+    monkeypatch.setattr(data_prep, "prepare_superclevr",
+                        lambda q, i, d, keep_zip, questions_sha256: calls.append(("sha256", questions_sha256)) or d)
     monkeypatch.setattr(data_prep, "write_marker", lambda marker, contents: calls.append(("marker", str(marker))))
     assert data_prep.main(args) == 0
-    assert calls == [("Qwen/Qwen2-VL-2B-Instruct", "/data/models/Qwen2-VL-2B-Instruct", "model"),
-                     ("leonardPKU/clevr_cogen_a_train", "/data/datasets/clevr_cogen_a_train", "dataset"),
-                     ("marker", "/data/.r1v-prep/r1v.json")]
+    assert calls == [("Qwen/Qwen2-VL-2B-Instruct", "/data/models/Qwen2-VL-2B-Instruct", "model", None),
+                     ("leonardPKU/clevr_cogen_a_train", "/data/datasets/clevr_cogen_a_train", "dataset", None),
+                     ("sha256", SHARED_QUESTIONS_SHA256), ("marker", "/data/.r1v-prep/r1v.json")]
+    # Revisions set in values reach the downloads.
+    args = only(render({"dataPrep": {"enabled": True}, "model": {"revision": "v1.0"}, "dataset": {"revision": "a" * 40}}),
+                "Job", "-data-prep")["spec"]["template"]["spec"]["containers"][0]["args"]
+    calls.clear()
+    assert data_prep.main(args) == 0
+    assert [c[3] for c in calls[:2]] == ["v1.0", "a" * 40]
+
+
+# --- pinned sources ------------------------------------------------------------------------------
+
+SHARED_QUESTIONS_SHA256 = "4ca86120527cd76d6957a33a6b745980bf8d51c3307a4fdbab5e264b89f19b04"
+
+
+def test_the_question_file_is_pinned_to_a_commit_and_its_sha256():
+    import hashlib
+
+    import yaml
+
+    from tests.outside import FIXTURES, require
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())["superclevr"]
+    assert values["questionsUrl"] == FIXTURES["r1v-superclevr-questions"].url  # the commit, not a branch
+    assert values["questionsSha256"] == SHARED_QUESTIONS_SHA256
+    questions = require("r1v-superclevr-questions")
+    assert hashlib.sha256(questions.read_bytes()).hexdigest() == SHARED_QUESTIONS_SHA256
+    assert len(data_prep.needed_images(questions)) == 200
+
+
+def test_a_question_file_with_another_sha256_is_fetched_again_then_refused(tmp_path, superclevr_source, capsys):
+    import hashlib
+
+    questions, _ = superclevr_source
+    good = hashlib.sha256(questions.read_bytes()).hexdigest()
+    dest = tmp_path / "out" / questions.name
+    dest.parent.mkdir()
+    dest.write_text('{"image_path": "./images/x.png"}\n')  # an older file, e.g. from the branch's head
+    assert data_prep.fetch_checked(questions.as_uri(), dest, good) == dest
+    assert dest.read_bytes() == questions.read_bytes()
+    dest.unlink()
+    with pytest.raises(SystemExit) as stop:
+        data_prep.fetch_checked(questions.as_uri(), dest, "0" * 64)
+    assert stop.value.code == 2 and not dest.exists()
+    assert f"has sha256 {good}, superclevr.questionsSha256 says {'0' * 64}" in capsys.readouterr().err
+
+
+def test_the_hub_commit_is_resolved_once_recorded_and_kept(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from r1v_job.checkpoints import SOURCE_RECORD, source_revision
+
+    heads = {None: "c1" * 20}
+    downloads = []
+    monkeypatch.setattr(data_prep, "resolve_revision",
+                        lambda repo, kind, rev, token: heads[rev] if rev in heads else f"{rev}-commit")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda **kw: downloads.append(kw["revision"]) or Path(kw["local_dir"]).mkdir(parents=True, exist_ok=True))
+    dest = tmp_path / "models" / "m"
+    assert data_prep.snapshot("org/m", dest, "model") == "c1" * 20
+    heads[None] = "c2" * 20  # the Hub's head moves on; a retry or a later release keeps the recorded commit
+    assert data_prep.snapshot("org/m", dest, "model") == "c1" * 20
+    assert data_prep.snapshot("org/m", dest, "model", "v2") == "v2-commit"  # an explicit revision wins
+    assert downloads == ["c1" * 20, "c1" * 20, "v2-commit"]
+    assert source_revision(dest) == "v2-commit"  # what the trainer reports
+    # A folder recorded for another repository is not taken for this one.
+    assert data_prep.snapshot("org/other", dest, "model") == "c2" * 20
+    assert json.loads((dest / SOURCE_RECORD).read_text())["repo_id"] == "org/other"

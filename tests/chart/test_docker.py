@@ -1,5 +1,6 @@
-"""The two Dockerfiles: hadolint-clean, pinned CUDA bases, non-root, the project's entry points, and
-every Python version taken from pyproject.toml (nothing is built here: no Docker engine, no GPU)."""
+"""The two Dockerfiles: hadolint-clean, pinned CUDA bases (by digest when given), non-root, the
+project's entry points, and every Python distribution from a lock file with hashes compiled from
+pyproject.toml (nothing is built here: no Docker engine, no GPU)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 import subprocess
 import sys
 import tomllib
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -42,7 +44,13 @@ def test_hadolint_gate_fails_on_a_bad_dockerfile(tmp_path):
 
 
 def _args(text: str) -> dict[str, str]:
-    return dict(re.findall(r"^ARG (\w+)=(\S+)$", text, re.M))
+    return dict(re.findall(r"^ARG (\w+)=(\S*)$", text, re.M))
+
+
+def _expand(word: str, args: dict[str, str]) -> str:
+    """Docker's ARG expansion in FROM: ${NAME} and ${NAME:+word} (word when NAME is set and not empty)."""
+    word = re.sub(r"\$\{(\w+):\+@\$\{(\w+)\}\}", lambda m: f"@{args[m.group(2)]}" if args[m.group(1)] else "", word)
+    return re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], word)
 
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
@@ -51,9 +59,14 @@ def test_cuda_base_is_pinned_and_the_image_runs_as_non_root(image):
     args = _args(text)
     bases = re.findall(r"^FROM (\S+)", text, re.M)
     assert len(bases) >= 2  # multi-stage: the runtime stage leaves the build tools behind
+    digest = "sha256:" + "ab" * 32
     for base in bases:
-        resolved = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base)
+        resolved = _expand(base, args)
         assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-[a-z]+(-[a-z]+)?-ubuntu\d\d\.\d\d", resolved), resolved
+        # Each base takes a digest build arg (empty by default: no digest is recorded that was not verified).
+        (name,) = re.findall(r"\$\{(CUDA_\w+_DIGEST):\+", base)
+        assert args[name] == ""
+        assert _expand(base, {**args, name: digest}) == f"{resolved}@{digest}"
     assert re.findall(r"^USER (\S+)", text, re.M)[-1] == "1000:1000"  # numeric: runAsNonRoot can verify it
     assert re.search(r"^ENTRYPOINT (.+)$", text, re.M).group(1) == ENTRYPOINTS[image]
     for label in ("title", "version", "revision", "licenses", "base.name"):
@@ -65,13 +78,22 @@ def test_no_python_version_is_named_outside_pyproject(image):
     text = DOCKERFILES[image].read_text()
     assert "==" not in text
     installs = re.findall(r"pip install[^\n]*", text)
-    assert installs and all("-r /tmp/" in line or line.rstrip().endswith(" .") for line in installs), installs
+    # Every distribution from a lock, checked by hash; then the project itself, without dependencies.
+    assert installs and all(re.search(r"--require-hashes (--no-build-isolation )?-r [\w-]+\.lock$", line)
+                            or line.rstrip().endswith("--no-deps .") for line in installs), installs
+
+
+def _installed_locks(text: str) -> list[str]:
+    return re.findall(r"--require-hashes (?:--no-build-isolation )?-r ([\w-]+\.lock)", text)
 
 
 def test_images_install_the_extras_the_issue_names():
     trainer, evaluator = (DOCKERFILES[i].read_text() for i in ("trainer", "evaluator"))
-    assert "pins.py base train" in trainer and "pins.py gpu" in trainer
-    assert "pins.py base eval k8s" in evaluator and "pins.py gpu" not in evaluator
+    assert _installed_locks(trainer) == ["trainer.lock", "trainer-gpu.lock"]
+    assert _installed_locks(evaluator) == ["evaluator.lock"]
+    assert pins.LOCKS["trainer.lock"][0] == ["base", "train", "build"]
+    assert pins.LOCKS["trainer-gpu.lock"] == (["base", "gpu"], "trainer.lock")
+    assert pins.LOCKS["evaluator.lock"] == (["base", "eval", "k8s"], None)
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert {"train", "gpu", "eval", "k8s"} <= set(extras)
     gpu = {req.split("==")[0] for req in extras["gpu"]}
@@ -105,7 +127,8 @@ def test_dockerignore_keeps_what_the_dockerfiles_copy_and_drops_the_rest():
     for path in DOCKERFILES.values():
         for line in re.findall(r"^COPY (?!--from)(.+)$", path.read_text(), re.M):
             sources.update(line.split()[:-1])
-    assert sources >= {"pyproject.toml", "docker/pins.py", "r1v_job", "eval_job", "r1v_submit", "charts", "recipes"}
+    assert sources >= {"pyproject.toml", "docker/trainer.lock", "docker/trainer-gpu.lock", "docker/evaluator.lock",
+                       "r1v_job", "eval_job", "r1v_submit", "charts", "recipes"}
     for src in sources:
         assert not _ignored(f"{src}/x.py" if "." not in src else src, patterns), src
     for junk in (".venv/bin/python", ".git/HEAD", "runs/x/checkpoint-1/model.safetensors", "r1v_job/__pycache__/a.pyc"):
@@ -117,3 +140,36 @@ def test_chart_app_version_is_the_package_version():
     chart = yaml.safe_load((REPO / "charts" / "r1v" / "Chart.yaml").read_text())
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     assert chart["appVersion"] == version
+
+
+# --- lock files ----------------------------------------------------------------------------------
+
+def test_lock_files_are_up_to_date_with_pyproject(tmp_path):
+    assert pins.lock_problems(REPO / "pyproject.toml", REPO / "docker") == []
+    # The check can fail: a pin moved without `make lock`, and a distribution without a hash.
+    moved = tmp_path / "pyproject.toml"
+    moved.write_text((REPO / "pyproject.toml").read_text().replace('"trl==1.16.0"', '"trl==1.17.0"'))
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    for name in pins.LOCKS:
+        (locks / name).write_text((REPO / "docker" / name).read_text())
+    problems = pins.lock_problems(moved, locks)
+    assert any("trainer.lock: compiled from other pins" in p for p in problems)
+    assert any("trainer.lock: trl is 1.16.0, pyproject.toml pins 1.17.0" in p for p in problems)
+    assert not any("evaluator.lock" in p for p in problems)  # trl is not the evaluator's
+    text = (locks / "evaluator.lock").read_text()
+    (locks / "evaluator.lock").write_text(re.sub(r"(?m)^(pyyaml==\S+) \\\n(    --hash=\S+ \\\n)*    --hash=\S+\n",
+                                                 r"\1\n", text))
+    assert pins.lock_problems(REPO / "pyproject.toml", locks) == [f"{locks}/evaluator.lock: no hash for pyyaml==6.0.4"]
+
+
+def test_regenerating_the_lock_files_changes_nothing(tmp_path):
+    """`make lock` again (uv reads PyPI; skipped where PyPI cannot be reached) writes the same files."""
+    try:
+        with urllib.request.urlopen("https://pypi.org/simple/uv/", timeout=10):
+            pass
+    except OSError as exc:
+        pytest.skip(f"PyPI not reachable ({exc}): the offline part is test_lock_files_are_up_to_date_with_pyproject")
+    for name in pins.LOCKS:  # in order: trainer-gpu.lock is constrained to trainer.lock in the same folder
+        pins.compile_lock(REPO / "pyproject.toml", name, tmp_path)
+        assert (tmp_path / name).read_text() == (REPO / "docker" / name).read_text(), name

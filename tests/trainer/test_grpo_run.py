@@ -164,7 +164,7 @@ def test_every_trainer_series_is_documented():
     section = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text().split(
         "## Trainer (scraped from rank 0)", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"^\| `(r1v_train_\w+)`", section, re.M))
-    exposed = {f.name + ("_total" if f.type == "counter" else "") for f in new_registry().collect()}
+    exposed = {f.name + {"counter": "_total", "info": "_info"}.get(f.type, "") for f in new_registry().collect()}
     assert documented == exposed
 
 

@@ -3,10 +3,13 @@
 Runs in the evaluator image (it has huggingface_hub) as the chart's data-prep Job:
   * the model snapshot (e.g. Qwen/Qwen2-VL-2B-Instruct) -> --model-dir
   * the CLEVR-70k dataset snapshot (parquet files)      -> --dataset-dir
-  * SuperCLEVR-200: the question file and, out of SuperCLEVR's images.zip, only the images the
-    questions name                                        -> --superclevr-dir/{FILE.jsonl, images/}
+  * SuperCLEVR-200: the question file (checked by sha256) and, out of SuperCLEVR's images.zip, only
+    the images the questions name                         -> --superclevr-dir/{FILE.jsonl, images/}
 
 Every step is idempotent: a Job retry (or a later release on the same volume) skips what is there.
+Model and data set are fetched at one Hub commit each: --model-revision/--dataset-revision resolved
+to its commit, else the commit an earlier run recorded in the folder, else the Hub's current one; the
+commit is recorded in the folder (r1v_job.checkpoints.SOURCE_RECORD), where the trainer reads it.
 Part of the r1v chart; shipped to the pod through a ConfigMap.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import posixpath
@@ -23,6 +27,8 @@ import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
+
+from r1v_job.checkpoints import SOURCE_RECORD
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -78,8 +84,31 @@ def extract_images(archive: Path, names: set[str], images_dir: Path) -> None:
         raise SystemExit(f"{archive} lacks {len(missing)} images the questions need, e.g. {sorted(missing)[:3]}")
 
 
-def prepare_superclevr(questions_url: str, images_url: str, out_dir: Path, keep_zip: bool = False) -> Path:
-    questions = fetch(questions_url, out_dir / posixpath.basename(questions_url))
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def fetch_checked(url: str, dest: Path, sha256: str | None) -> Path:
+    """fetch(), and the file must have this sha256: a file already there with another (e.g. from a
+    branch's head) is fetched again; a download with another is removed and the run stops (exit 2)."""
+    fetch(url, dest)
+    if not sha256 or _sha256(dest) == sha256:
+        return dest
+    print(f"{dest}: sha256 {_sha256(dest)} is not {sha256}; downloading it again", flush=True)
+    dest.unlink()
+    fetch(url, dest)
+    got = _sha256(dest)
+    if got != sha256:
+        dest.unlink()
+        print(f"data_prep: error: {url} has sha256 {got}, superclevr.questionsSha256 says {sha256}; point "
+              "superclevr.questionsUrl at the pinned commit, or set questionsSha256 to the file you mean", file=sys.stderr)
+        raise SystemExit(2)
+    return dest
+
+
+def prepare_superclevr(questions_url: str, images_url: str, out_dir: Path, keep_zip: bool = False,
+                       questions_sha256: str | None = None) -> Path:
+    questions = fetch_checked(questions_url, out_dir / posixpath.basename(questions_url), questions_sha256)
     names = needed_images(questions)
     images_dir = out_dir / "images"
     if all((images_dir / n).exists() for n in names):
@@ -92,13 +121,40 @@ def prepare_superclevr(questions_url: str, images_url: str, out_dir: Path, keep_
     return questions
 
 
-def snapshot(repo_id: str, dest: Path, repo_type: str) -> None:
+def recorded_revision(dest: Path, repo_id: str, repo_type: str) -> str | None:
+    """The commit an earlier run fetched `repo_id` at into dest, or None."""
+    try:
+        record = json.loads((dest / SOURCE_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(record, dict) and record.get("repo_id") == repo_id and record.get("repo_type") == repo_type:
+        return record.get("revision") or None
+    return None
+
+
+def resolve_revision(repo_id: str, repo_type: str, revision: str | None, token: str | None) -> str:
+    """The Hub commit of `revision` (a branch, tag or commit; None = the default branch's head)."""
+    from huggingface_hub import HfApi
+
+    return HfApi(token=token).repo_info(repo_id, repo_type=repo_type, revision=revision).sha
+
+
+def snapshot(repo_id: str, dest: Path, repo_type: str, revision: str | None = None) -> str:
+    """Downloads repo_id at one commit into dest, records it there, and returns it. `revision` None:
+    the commit an earlier run recorded in dest (a retry or a later release keeps it), else the Hub's
+    current one, resolved once."""
     # Imported here so the SuperCLEVR part works (and is testable) without the Hub client.
     from huggingface_hub import snapshot_download
 
-    print(f"downloading {repo_type} {repo_id} -> {dest}", flush=True)
-    snapshot_download(repo_id=repo_id, repo_type=repo_type, local_dir=str(dest),
-                      token=os.environ.get("HF_TOKEN") or None)
+    token = os.environ.get("HF_TOKEN") or None
+    commit = (resolve_revision(repo_id, repo_type, revision, token) if revision
+              else recorded_revision(dest, repo_id, repo_type) or resolve_revision(repo_id, repo_type, None, token))
+    print(f"downloading {repo_type} {repo_id}@{commit} -> {dest}", flush=True)
+    snapshot_download(repo_id=repo_id, repo_type=repo_type, revision=commit, local_dir=str(dest), token=token)
+    _atomic_write(dest / SOURCE_RECORD, (json.dumps({"repo_id": repo_id, "repo_type": repo_type, "revision": commit,
+                                                     "requested": revision or "default branch"}, indent=1)
+                                         + "\n").encode())
+    return commit
 
 
 def write_marker(marker: Path, contents: dict) -> None:
@@ -111,21 +167,26 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-id", required=True)
     p.add_argument("--model-dir", type=Path, required=True)
+    p.add_argument("--model-revision", help="Hub branch, tag or commit (default: the recorded or current commit)")
     p.add_argument("--dataset-id", required=True)
     p.add_argument("--dataset-dir", type=Path, required=True)
+    p.add_argument("--dataset-revision", help="as --model-revision")
     p.add_argument("--superclevr-questions-url", required=True)
+    p.add_argument("--superclevr-questions-sha256", help="refuse a question file with another sha256")
     p.add_argument("--superclevr-images-url", required=True)
     p.add_argument("--superclevr-dir", type=Path, required=True)
     p.add_argument("--marker", type=Path, required=True)
     p.add_argument("--keep-zip", action="store_true")
     a = p.parse_args(argv)
 
-    snapshot(a.model_id, a.model_dir, "model")
-    snapshot(a.dataset_id, a.dataset_dir, "dataset")
+    model_revision = snapshot(a.model_id, a.model_dir, "model", a.model_revision)
+    dataset_revision = snapshot(a.dataset_id, a.dataset_dir, "dataset", a.dataset_revision)
     questions = prepare_superclevr(a.superclevr_questions_url, a.superclevr_images_url, a.superclevr_dir,
-                                   keep_zip=a.keep_zip)
-    write_marker(a.marker, {"model": str(a.model_dir), "dataset": str(a.dataset_dir),
-                            "superclevr_questions": str(questions)})
+                                   keep_zip=a.keep_zip, questions_sha256=a.superclevr_questions_sha256)
+    write_marker(a.marker, {"model": str(a.model_dir), "model_revision": model_revision,
+                            "dataset": str(a.dataset_dir), "dataset_revision": dataset_revision,
+                            "superclevr_questions": str(questions),
+                            "superclevr_questions_sha256": a.superclevr_questions_sha256})
     return 0
 
 

@@ -159,8 +159,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{- define "r1v.scriptsDir" -}}/opt/r1v/scripts{{- end }}
 
+{{/* repository@digest when image.*.digest is set (a re-pushed tag cannot change what runs), else repository:tag. */}}
 {{- define "r1v.image" -}}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
+{{- else }}
 {{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) }}
+{{- end }}
 {{- end }}
 
 {{- define "r1v.trainerImage" -}}
@@ -196,6 +201,35 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - name: scripts
   configMap:
     name: {{ include "r1v.scriptsConfigMap" . }}
+{{- end }}
+
+{{/*
+The read-only root filesystem's one writable scratch path: an emptyDir at /tmp in every pod, holding
+HOME and the compiler caches (values.yaml, tmpDir). The shared volume and /dev/shm are the others.
+*/}}
+{{- define "r1v.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpDir.sizeLimit }}
+{{- end }}
+
+{{- define "r1v.tmpMount" -}}
+- name: tmp
+  mountPath: /tmp
+{{- end }}
+
+{{/* Where the programs' caches go (each defaults under HOME or /tmp; set so that no image default leads elsewhere). */}}
+{{- define "r1v.tmpEnv" -}}
+- name: HOME
+  value: /tmp
+- name: XDG_CACHE_HOME
+  value: /tmp/.cache
+- name: TRITON_CACHE_DIR
+  value: /tmp/.triton
+- name: TORCHINDUCTOR_CACHE_DIR
+  value: /tmp/torchinductor
+- name: MPLCONFIGDIR
+  value: /tmp/.config/matplotlib
 {{- end }}
 
 {{/* The pod's namespace from the downward API: every pod has it (metrics put it on every series). */}}

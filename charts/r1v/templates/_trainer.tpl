@@ -24,6 +24,8 @@ recipe fields are overridden here (docs/architecture.md); everything else comes 
 {{- end }}
 - --metrics_port
 - {{ .Values.monitoring.port | quote }}
+- --metrics_addr
+- {{ .Values.monitoring.bindAddress | quote }}
 - --metrics_grace_seconds
 - {{ include "r1v.metricsGraceSeconds" . | quote }}
 {{- range .Values.trainer.extraArgs }}
@@ -44,6 +46,7 @@ recipe fields are overridden here (docs/architecture.md); everything else comes 
   value: {{ include "r1v.runName" . | quote }}
 {{ include "r1v.podNamespaceEnv" . }}
 {{ include "r1v.hfEnv" . }}
+{{ include "r1v.tmpEnv" . }}
 # Read by files/launch.sh.
 - name: R1V_MODEL_PATH
   value: {{ include "r1v.modelPath" . }}
@@ -106,6 +109,7 @@ limits:
   readOnly: true
 - name: dshm
   mountPath: /dev/shm
+{{ include "r1v.tmpMount" . }}
 {{- with .Values.trainer.extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
@@ -120,6 +124,7 @@ limits:
   emptyDir:
     medium: Memory
     sizeLimit: {{ .Values.trainer.shmSize }}
+{{ include "r1v.tmpVolume" . }}
 {{- with .Values.trainer.extraVolumes }}
 {{ toYaml . }}
 {{- end }}
