@@ -74,9 +74,10 @@ def test_every_container_has_a_read_only_root_and_a_tmp_emptydir():
             volume = next(v for v in spec["volumes"] if v["name"] == tmp["name"])
             assert set(volume) == {"name", "emptyDir"} and volume["emptyDir"]["sizeLimit"], f"{label}: {where}"
             checked.add(where.split(" ")[0].split("/")[0] + " " + c["name"])
-    # Trainer (both kinds, and a ClusterTrainingRuntime's patch), evaluator, data prep and helm test were all seen.
-    assert {"PyTorchJob pytorch", "TrainingRuntime node", "TrainJob node", "Job evaluator", "Job data-prep",
-            "Pod smoke"} <= checked, checked
+    # Trainer (both kinds, and a ClusterTrainingRuntime's patch), evaluator, its gate and re-push, data prep and
+    # helm test were all seen.
+    assert {"PyTorchJob pytorch", "TrainingRuntime node", "TrainJob node", "Job evaluator", "Job gate",
+            "CronJob repush", "Job data-prep", "Pod smoke"} <= checked, checked
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -85,7 +86,7 @@ def test_home_and_the_caches_point_into_tmp(kind):
     envs = [(where, {e["name"]: e.get("value") for e in c["env"]}) for where, c, _ in containers(objects) if "env" in c]
     if kind == "TrainJob":  # the trainer's env is on the TrainJob itself
         envs.append(("TrainJob", {e["name"]: e.get("value") for e in only(objects, "TrainJob")["spec"]["trainer"]["env"]}))
-    assert len(envs) == 4
+    assert len(envs) == 5  # data prep, trainer, evaluator, its gate, helm test
     for where, env in envs:
         for name in ("HOME", "XDG_CACHE_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "MPLCONFIGDIR"):
             assert env[name] == "/tmp" or env[name].startswith("/tmp/"), (where, name, env[name])
@@ -95,7 +96,7 @@ def test_home_and_the_caches_point_into_tmp(kind):
 def test_a_component_may_turn_the_read_only_root_off_for_itself_only():
     objects = render({"trainer": {"securityContext": {"readOnlyRootFilesystem": False}}})
     by_name = {c["name"]: c["securityContext"]["readOnlyRootFilesystem"] for _, c, _ in containers(objects)}
-    assert by_name == {"pytorch": False, "evaluator": True, "smoke": True}
+    assert by_name == {"pytorch": False, "evaluator": True, "gate": True, "smoke": True}
 
 
 # --- NetworkPolicy -------------------------------------------------------------------------------
