@@ -24,6 +24,8 @@ def die_at_call(completions, **kwargs):
     if os.environ.get("R1V_TEST_TERM_AT_CALL") == str(_calls) and os.environ.get("RANK", "0") == "0":
         pidfile = os.environ.get("R1V_TEST_TERM_PIDFILE")
         term_sent_at = time.monotonic()
+        if pidfile:  # when, for a test in another process
+            Path(pidfile + ".sent").write_text(repr(time.time()))
         os.kill(int(Path(pidfile).read_text()) if pidfile else os.getpid(), signal.SIGTERM)
         time.sleep(float(os.environ.get("R1V_TEST_TERM_WAIT", "0")))
     if os.environ.get("R1V_TEST_FILL_AT_CALL") == str(_calls):
