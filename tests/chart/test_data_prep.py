@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 import zipfile
 
 import pytest
@@ -77,3 +83,33 @@ def test_cli_takes_exactly_the_arguments_the_chart_passes(monkeypatch):
     assert calls == [("Qwen/Qwen2-VL-2B-Instruct", "/data/models/Qwen2-VL-2B-Instruct", "model"),
                      ("leonardPKU/clevr_cogen_a_train", "/data/datasets/clevr_cogen_a_train", "dataset"),
                      ("marker", "/data/.r1v-prep/r1v.json")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare for a PID namespace")
+def test_as_pid_1_sigterm_stops_a_download_at_once(tmp_path):
+    """As PID 1 of a container Python ignores SIGTERM; data prep stops at once instead (a stand-in
+    Hub client that takes a minute per download)."""
+    hub = tmp_path / "stub" / "huggingface_hub"
+    hub.mkdir(parents=True)
+    (hub / "__init__.py").write_text("import pathlib, sys, time\n"
+                                     "def snapshot_download(**kwargs):\n"
+                                     f"    pathlib.Path({str(tmp_path / 'downloading')!r}).touch()\n"
+                                     "    time.sleep(60)\n")
+    args = ["--model-id", "m", "--model-dir", tmp_path / "m", "--dataset-id", "d", "--dataset-dir", tmp_path / "d",
+            "--superclevr-questions-url", "file:///q", "--superclevr-images-url", "file:///i",
+            "--superclevr-dir", tmp_path / "s", "--marker", tmp_path / "marker"]
+    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable,
+                             str(CHART / "files" / "data_prep.py"), *map(str, args)],
+                            env={**os.environ, "PYTHONPATH": str(tmp_path / "stub")},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "downloading").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else ""
+        time.sleep(0.05)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    started = time.monotonic()
+    os.kill(int(children[0]), signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 143 and time.monotonic() - started < 5
+    assert "stopped by SIGTERM" in err and not (tmp_path / "marker").exists()
