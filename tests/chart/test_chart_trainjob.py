@@ -51,7 +51,7 @@ def test_trainjob_runs_the_same_trainer_as_the_pytorchjob():
     trainer = only(render({**TJ, **values}), "TrainJob")["spec"]["trainer"]
     assert trainer["command"] == master["command"] and trainer["args"] == master["args"]
     # except the launcher's restart budget: a TrainJob's JobSet counts its restarts itself (maxRestarts)
-    budget = {"R1V_MAX_RESTARTS", "R1V_OUTPUT_DIR", "R1V_POD_NAME"}
+    budget = {"R1V_MAX_RESTARTS", "R1V_OUTPUT_DIR", "R1V_INSTALL_ID", "R1V_POD_NAME"}
     assert trainer["env"] == [e for e in master["env"] if e["name"] not in budget]
     assert budget <= {e["name"] for e in master["env"]}
     assert trainer["image"] == master["image"]
@@ -87,7 +87,9 @@ def test_exitcode_restarts_map_to_jobset_failure_rules():
     assert spec["failurePolicy"]["rules"] == [
         {"name": "permanent-error", "action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]}]
     job = spec["replicatedJobs"][0]["template"]["spec"]
-    fail, ignore = job["podFailurePolicy"]["rules"]
+    preempted, fail, ignore = job["podFailurePolicy"]["rules"]
+    # A preempted exit (143) is a new pod, never a JobSet restart that maxRestarts would count.
+    assert preempted["action"] == "Ignore" and preempted["onExitCodes"]["values"] == [143]
     # The Training Operator's rule: 1-127 permanent (the launcher's 2), 128-255 retried (its 200, kills).
     assert fail["action"] == "FailJob" and fail["onExitCodes"]["containerName"] == "node"
     assert fail["onExitCodes"]["values"] == list(range(1, 128))

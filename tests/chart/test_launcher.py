@@ -267,3 +267,24 @@ def test_the_wait_for_data_prep_times_out_with_its_own_permanent_code(launcher, 
 def test_without_a_budget_every_crash_is_retried(launcher, pod):
     tmp_path, env = pod
     assert [launch(launcher, env, STUB_TORCHRUN_RC="1").returncode for _ in range(5)] == [200] * 5
+
+
+def test_the_chart_gives_the_launcher_its_grace_period_install_id_and_data_wait():
+    values = {"trainer": {"terminationGracePeriodSeconds": 420}, "dataPrep": {"enabled": True, "waitTimeoutSeconds": 99}}
+    job = only(render(values), "PyTorchJob")
+    pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert pod["terminationGracePeriodSeconds"] == 420 and env["R1V_GRACE_SECONDS"] == "405"
+    assert env["R1V_DATA_WAIT_TIMEOUT"] == "99"
+    assert env["R1V_INSTALL_ID"] == job["metadata"]["annotations"]["r1v.dev/install-id"]
+    assert env["R1V_INSTALL_ID"] != {e["name"]: e.get("value") for e in only(render({}), "PyTorchJob")["spec"][
+        "pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]}["R1V_INSTALL_ID"]  # new install
+    fixed = only(render({"trainer": {"installId": "exp-1"}}), "PyTorchJob")
+    assert fixed["metadata"]["annotations"]["r1v.dev/install-id"] == "exp-1"
+
+
+def test_the_trainjob_runtime_never_counts_a_preempted_exit():
+    runtime = only(render({"jobKind": "TrainJob"}), "TrainingRuntime")
+    rules = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "Ignore" and rules[0]["onExitCodes"]["values"] == [143]
+    assert 143 not in next(r for r in rules if r["action"] == "FailJob")["onExitCodes"]["values"]

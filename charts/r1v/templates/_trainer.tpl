@@ -38,6 +38,19 @@ recipe fields are overridden here (docs/architecture.md); everything else comes 
 - {{ include "r1v.scriptsDir" . }}/launch.sh
 {{- end }}
 
+{{/*
+The install id keying the launcher's crash budget: trainer.installId, else the one the existing job
+carries (helm upgrade keeps the budget), else a new one. Resolved once per render.
+*/}}
+{{- define "r1v.installId" -}}
+{{- if not (hasKey .Values "resolvedInstallId") }}
+{{- $apiVersion := ternary "kubeflow.org/v1" "trainer.kubeflow.org/v1alpha1" (eq .Values.jobKind "PyTorchJob") }}
+{{- $job := lookup $apiVersion .Values.jobKind .Release.Namespace (include "r1v.jobName" .) | default dict }}
+{{- $_ := set .Values "resolvedInstallId" (.Values.trainer.installId | default (dig "metadata" "annotations" "r1v.dev/install-id" "" $job) | default uuidv4) }}
+{{- end }}
+{{- .Values.resolvedInstallId }}
+{{- end }}
+
 {{/* The trainer container's environment (EnvVar objects). */}}
 {{- define "r1v.trainer.env" -}}
 - name: R1V_RUN
@@ -53,12 +66,17 @@ recipe fields are overridden here (docs/architecture.md); everything else comes 
   value: {{ include "r1v.claimName" . }}
 - name: R1V_PREFLIGHT
   value: {{ ternary "1" "0" .Values.trainer.preflight | quote }}
+# SIGTERM to SIGKILL, less 15 s for torchrun and the launcher: the trainer's deadline for its save.
+- name: R1V_GRACE_SECONDS
+  value: {{ sub (int .Values.trainer.terminationGracePeriodSeconds) 15 | quote }}
 {{- if and (eq .Values.jobKind "PyTorchJob") (eq .Values.trainer.restartPolicy "ExitCode") }}
 {{- /* The restart budget the operator does not keep under ExitCode (files/launch.sh). */}}
 - name: R1V_MAX_RESTARTS
   value: {{ .Values.runPolicy.backoffLimit | quote }}
 - name: R1V_OUTPUT_DIR
   value: {{ include "r1v.outputDir" . }}
+- name: R1V_INSTALL_ID
+  value: {{ include "r1v.installId" . | quote }}
 - name: R1V_POD_NAME
   valueFrom:
     fieldRef:
@@ -67,6 +85,8 @@ recipe fields are overridden here (docs/architecture.md); everything else comes 
 {{- if .Values.dataPrep.enabled }}
 - name: R1V_DATA_MARKER
   value: {{ include "r1v.dataPrepMarker" . }}
+- name: R1V_DATA_WAIT_TIMEOUT
+  value: {{ .Values.dataPrep.waitTimeoutSeconds | quote }}
 {{- end }}
 {{- range $name, $value := .Values.trainer.nccl }}
 - name: {{ $name }}
@@ -185,6 +205,8 @@ spec:
   {{- end }}
   securityContext:
     {{- include "r1v.podSecurityContext" (dict "root" $root "component" $v.trainer) | nindent 4 }}
+  # SIGTERM to SIGKILL: one step plus one checkpoint save (values.yaml has the figures).
+  terminationGracePeriodSeconds: {{ $v.trainer.terminationGracePeriodSeconds }}
   {{- if and $v.gangScheduling.enabled $v.gangScheduling.schedulerName (ne .role "node") }}
   schedulerName: {{ $v.gangScheduling.schedulerName }}
   {{- end }}
