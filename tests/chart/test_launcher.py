@@ -283,8 +283,11 @@ def test_the_chart_gives_the_launcher_its_grace_period_install_id_and_data_wait(
     assert fixed["metadata"]["annotations"]["r1v.dev/install-id"] == "exp-1"
 
 
-def test_the_trainjob_runtime_never_counts_a_preempted_exit():
-    runtime = only(render({"jobKind": "TrainJob"}), "TrainingRuntime")
-    rules = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["podFailurePolicy"]["rules"]
-    assert rules[0]["action"] == "Ignore" and rules[0]["onExitCodes"]["values"] == [143]
-    assert 143 not in next(r for r in rules if r["action"] == "FailJob")["onExitCodes"]["values"]
+def test_a_trainjob_pod_keys_its_budget_by_node_rank(launcher, pod):
+    """A TrainJob's recreated pods get new names: the budget follows the node rank instead."""
+    tmp_path, env = pod
+    budget = {k: v for k, v in _budget(tmp_path, STUB_TORCHRUN_RC="1").items() if k != "R1V_POD_NAME"}
+    for rank in ("0", "1"):
+        assert [launch(launcher, env, **budget, PET_NODE_RANK=rank).returncode for _ in range(4)] == [200, 200, 200, 2]
+    assert sorted(p.name for p in (tmp_path / "data" / "runs" / "r" / ".r1v-starts" / "install-1").iterdir()) == [
+        "node-0", "node-1"]

@@ -17,8 +17,9 @@
 #   128+N  killed by signal N (OOM killer): retried, counted as a crash
 # The Training Operator treats 1-127 as permanent and 128-255 as retryable; the chart's
 # TrainingRuntime restates that rule as a podFailurePolicy.
-# With R1V_MAX_RESTARTS set (a PyTorchJob under ExitCode: the operator's runPolicy.backoffLimit counts
-# container restarts under OnFailure/Always only, and ExitCode recreates pods instead), this pod
+# With R1V_MAX_RESTARTS set (ExitCode: the Training Operator's runPolicy.backoffLimit counts container
+# restarts under OnFailure/Always only, and ExitCode recreates pods instead; the chart's
+# TrainingRuntime gives every retryable exit a new pod and leaves the count to this), this pod
 # gives up with exit 2 once it has crashed more than R1V_MAX_RESTARTS times without a new checkpoint
 # in R1V_OUTPUT_DIR. Preempted starts are not counted, a new checkpoint starts the count again, and
 # the count is kept per install (R1V_INSTALL_ID) and pod, so installing the run again starts afresh.
@@ -91,7 +92,8 @@ if [ -n "${R1V_MAX_RESTARTS:-}" ]; then
   newest=$(ls -d "$R1V_OUTPUT_DIR"/checkpoint-* 2>/dev/null | sed 's/.*checkpoint-//' | sort -n | tail -n 1)
   newest=${newest:-0}
   # "<newest checkpoint step> <starts at it that did not end preempted>", per install and pod.
-  starts="$R1V_OUTPUT_DIR/.r1v-starts/${R1V_INSTALL_ID:-default}/${R1V_POD_NAME:-pod}"
+  # A PyTorchJob pod keeps its name when recreated; a TrainJob's pods are keyed by node rank.
+  starts="$R1V_OUTPUT_DIR/.r1v-starts/${R1V_INSTALL_ID:-default}/${R1V_POD_NAME:-node-${PET_NODE_RANK:-${JOB_COMPLETION_INDEX:-0}}}"
   mkdir -p "${starts%/*}"
   read -r seen count < "$starts" 2>/dev/null || { seen=; count=0; }
   [ "$seen" = "$newest" ] || count=0

@@ -67,20 +67,25 @@ carries (helm upgrade keeps the budget), else a new one. Resolved once per rende
 - name: R1V_PREFLIGHT
   value: {{ ternary "1" "0" .Values.trainer.preflight | quote }}
 # SIGTERM to SIGKILL, less 15 s for torchrun and the launcher: the trainer's deadline for its save.
+# A ClusterTrainingRuntime's pods keep Kubernetes' 30 s (runtimePatches cannot set the period).
 - name: R1V_GRACE_SECONDS
-  value: {{ sub (int .Values.trainer.terminationGracePeriodSeconds) 15 | quote }}
-{{- if and (eq .Values.jobKind "PyTorchJob") (eq .Values.trainer.restartPolicy "ExitCode") }}
-{{- /* The restart budget the operator does not keep under ExitCode (files/launch.sh). */}}
+  value: {{ sub (ternary 30 (int .Values.trainer.terminationGracePeriodSeconds) (eq (include "r1v.clusterRuntime" .) "true")) 15 | quote }}
+{{- if and (eq .Values.trainer.restartPolicy "ExitCode") (or (eq .Values.jobKind "PyTorchJob") (ne (include "r1v.clusterRuntime" .) "true")) }}
+{{- /* The restart budget by cause, per checkpoint (files/launch.sh): the Training Operator keeps
+none under ExitCode, and the chart's TrainingRuntime leaves every retryable exit to it. */}}
 - name: R1V_MAX_RESTARTS
   value: {{ .Values.runPolicy.backoffLimit | quote }}
 - name: R1V_OUTPUT_DIR
   value: {{ include "r1v.outputDir" . }}
 - name: R1V_INSTALL_ID
   value: {{ include "r1v.installId" . | quote }}
+{{- if eq .Values.jobKind "PyTorchJob" }}
+{{- /* The operator recreates a pod under its name; a TrainJob's pods are keyed by node rank. */}}
 - name: R1V_POD_NAME
   valueFrom:
     fieldRef:
       fieldPath: metadata.name
+{{- end }}
 {{- end }}
 {{- if .Values.dataPrep.enabled }}
 - name: R1V_DATA_MARKER
@@ -197,7 +202,7 @@ spec:
   # The trainer never talks to the API server unless trainer.serviceAccount says so.
   automountServiceAccountToken: {{ $v.trainer.serviceAccount.automountServiceAccountToken }}
   {{- if eq .role "node" }}
-  # JobSet restarts the whole set (every node together, as NCCL needs); see trainingruntime.yaml.
+  # The node Job replaces a failed pod, or JobSet restarts the whole set; see trainingruntime.yaml.
   restartPolicy: Never
   {{- end }}
   {{- with include "r1v.imagePullSecrets" $root | trim }}
