@@ -316,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         run(script_args, training_args, model_args)
     except Preempted as stopped:
-        print(f"r1v_job: preempted: {stopped}; exit {PREEMPTED}", file=sys.stderr)
+        if _is_main_process():  # every rank stopped at the same step: one line says so
+            print(f"r1v_job: preempted: {stopped}; exit {PREEMPTED}", file=sys.stderr)
         mark_preempted()
         return PREEMPTED
     except DiskFull as full:
