@@ -214,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     # As PID 1 of a container Python would ignore SIGTERM and wait out the grace period.
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (an embedding program's worker): the signal stays its own
+        previous = None
     try:
         return run(args)
     except Terminated:
@@ -228,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                   "and rerun (exit %d is retried)", e.filename or args.out, args.out, EXIT_DISK_FULL)
         return EXIT_DISK_FULL
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

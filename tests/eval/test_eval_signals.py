@@ -17,12 +17,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _evaluator(args, pid1=False):
+def _evaluator(args, pid1=False, stderr=subprocess.PIPE):
     cmd = [sys.executable, "-m", "eval_job", *map(str, args)]
     if pid1:
         cmd = ["unshare", "--pid", "--fork", "--mount-proc", *cmd]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
@@ -30,17 +30,20 @@ def _evaluator(args, pid1=False):
 def test_as_pid_1_sigterm_stops_the_evaluator_at_once(questions, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    proc = _evaluator(["--checkpoints", run, "--data", questions, "--out", run / "eval", "--wait-for", "marker",
-                       "--poll-interval", "30", "--timeout", "600"], pid1=True)
+    log = tmp_path / "stderr"
+    with log.open("w") as stderr:
+        proc = _evaluator(["--checkpoints", run, "--data", questions, "--out", run / "eval", "--wait-for", "marker",
+                           "--poll-interval", "30", "--timeout", "600"], pid1=True, stderr=stderr)
     deadline = time.monotonic() + 60
-    while not list((tmp_path / "run").glob("*")) and time.monotonic() < deadline:
+    while "waiting up to" not in log.read_text():  # imported, questions read, waiting for the marker
+        assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
         time.sleep(0.1)
-    time.sleep(3)  # imported and waiting for the marker
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert len(children) == 1
     started = time.monotonic()
     os.kill(int(children[0]), signal.SIGTERM)  # PID 1 of the namespace, as the kubelet signals it
-    _, err = proc.communicate(timeout=20)
+    proc.communicate(timeout=20)
+    err = log.read_text()
     assert proc.returncode == 143, err[-2000:]
     assert time.monotonic() - started < 5  # not the 30 s poll, not the pod's grace period
     assert "stopped by SIGTERM" in err.strip().splitlines()[-1]
