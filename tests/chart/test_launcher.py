@@ -42,7 +42,7 @@ def pod(tmp_path):
         var = name.upper()
         stub.write_text("#!/bin/sh\n"
                         f'echo "{name} $*" >> "$STUB_LOG"\n'
-                        f'[ -n "${{STUB_{var}_SLEEP:-}}" ] && {{ trap \'echo "{name} got TERM" >> "$STUB_LOG"; exit 143\' TERM; '
+                        f'[ -n "${{STUB_{var}_SLEEP:-}}" ] && {{ trap \'echo "{name} got TERM" >> "$STUB_LOG"; kill $! 2>/dev/null; exit 143\' TERM; '
                         f'sleep "$STUB_{var}_SLEEP" & wait $!; }}\n'
                         # As the trainer does when it stops on SIGTERM (on this node or another)
                         f'[ -n "${{STUB_{var}_PREEMPTED:-}}" ] && touch "$R1V_PREEMPTED_FILE"\n'
