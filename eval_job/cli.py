@@ -3,14 +3,17 @@ write the results, push the scores.
 
 Exit codes: 0 done; 1 bad input or nothing to evaluate; 2 bad arguments; 3 the awaited training job
 failed; 4 timed out waiting for training; 5 results written but the Pushgateway push failed (rerun
-to push them without evaluating again).
+to push them without evaluating again); 6 no space left on device (the results finished so far are
+kept; retried); 143 stopped by SIGTERM (the results finished so far are kept, as after a SIGKILL).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import signal
 import sys
 import time
 from datetime import timedelta
@@ -28,6 +31,7 @@ from r1v_job.prompts import EVAL_PROMPTS
 log = logging.getLogger("eval_job")
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_TRAINING_FAILED, EXIT_WAIT_TIMEOUT, EXIT_PUSH_FAILED = 0, 1, 2, 3, 4, 5
+EXIT_DISK_FULL, EXIT_TERMINATED = 6, 143
 INDEX = "scores.json"
 
 
@@ -237,11 +241,39 @@ def repush(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class Terminated(BaseException):
+    """SIGTERM: raised wherever the evaluator is (waiting, generating, writing). Every file is
+    written by atomic rename, so what was finished stays and a half-written one never appears."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    return repush(args) if args.repush else run(args)
+    # As PID 1 of a container Python would ignore SIGTERM and wait out the grace period.
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (an embedding program's worker): the signal stays its own
+        previous = None
+    try:
+        return repush(args) if args.repush else run(args)
+    except Terminated:
+        log.error("stopped by SIGTERM: the results finished so far stay in %s; a rerun evaluates only what is "
+                  "missing. exit %d", args.out, EXIT_TERMINATED)
+        return EXIT_TERMINATED
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        log.error("no space left on device (ENOSPC) writing %s: the results finished so far stay in %s; free space "
+                  "and rerun (exit %d is retried)", e.filename or args.out, args.out, EXIT_DISK_FULL)
+        return EXIT_DISK_FULL
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

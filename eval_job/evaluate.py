@@ -9,6 +9,7 @@ step and weights files' sizes and mtimes) changed.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -44,6 +45,11 @@ def write_atomically(path: Path, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC and not e.filename:  # a failed write() names no file: name it
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -5,7 +5,9 @@
 
 One YAML holds GRPOConfig, ModelConfig and R1VScriptArguments fields; the command line overrides any.
 Exit codes (docs/operations.md): 0 trained, or already finished; 2 bad input (one line on stderr, the
-traceback with R1V_DEBUG=1 or --debug; retrying cannot help); anything else is a crash worth a retry.
+traceback with R1V_DEBUG=1 or --debug; retrying cannot help); 143 preempted (SIGTERM: the step in
+flight was checkpointed); 1 a full disk (one line naming the path; retried) or anything else: a
+crash worth a retry.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from .metrics import finish_training_metrics, training_callbacks
 from .preflight import UsageError, run_checks
 from .processing import load_processor
 from .rewards import get_reward_funcs
-from .trainer import (FsyncCheckpointCallback, NothingToTrain, R1VGRPOTrainer, RemoveMarkerCallback,
-                      StopAtStepCallback)
+from .preemption import (PREEMPTED, DiskFull, Preempted, PreemptionCallback, StopRequest, is_disk_full,
+                         mark_preempted, remove_partial)
+from .trainer import NothingToTrain, R1VGRPOTrainer, RemoveMarkerCallback, StopAtStepCallback
 
 logger = logging.getLogger("r1v_job")
 
@@ -116,7 +119,7 @@ def build_trainer(script_args: R1VScriptArguments, training_args: GRPOConfig, mo
         process_images_once=script_args.process_images_once, compile_generation=script_args.compile_generation,
         callbacks=[*training_callbacks(script_args, reward_names, _source(script_args, model_args)),
                    StopAtStepCallback(script_args.stop_at_step),
-                   FsyncCheckpointCallback(), *(callbacks or [])],
+                   *(callbacks or [])],
     )
     # One readable line per step (StepLogCallback) instead of transformers' dict dump (it replaces
     # the progress bar when disable_tqdm is set, as in our recipes).
@@ -180,7 +183,15 @@ def run(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: 
 
     Restarts (docs/operations.md): resume from the newest complete checkpoint; never train past the
     last step (stop_at_step, else the schedule's max_steps); no marker in output_dir while training.
+    SIGTERM: the step in flight ends, a checkpoint of it is saved, and Preempted is raised
+    (r1v_job.preemption); before training starts it is raised at once.
     """
+    with StopRequest.from_env().installed() as stop:
+        return _run(stop, script_args, training_args, model_args, callbacks)
+
+
+def _run(stop: StopRequest, script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: ModelConfig,
+         callbacks: list | None) -> R1VGRPOTrainer | None:
     run_checks(script_args, training_args, model_args)
     out = Path(training_args.output_dir)
     marker_name = script_args.completion_marker
@@ -208,19 +219,43 @@ def run(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: 
 
     trainer = build_trainer(script_args, training_args, model_args, callbacks)
     trainer.add_callback(RemoveMarkerCallback(marker_name))
+    preemption = PreemptionCallback(stop)
+    trainer.add_callback(preemption)  # last: it may override the save the callbacks before it asked for
     try:
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     except NothingToTrain as reached:
         _finish_without_training(out, marker_name, resume, reached.global_step,
                                  source=_source(script_args, model_args))
         return None
-    trainer.save_model(training_args.output_dir)  # on every rank: ZeRO-3 gathers the shards collectively
+    if preemption.stopped_at is not None:
+        step = preemption.stopped_at
+        if preemption.saved:
+            raise Preempted(f"stopped on SIGTERM after step {step}; {out / f'checkpoint-{step}'} is saved and "
+                            "fsynced; the restart resumes from it")
+        newest = ckpt.latest_complete_checkpoint(out, training_state)
+        raise Preempted(f"stopped on SIGTERM after step {step} without a checkpoint (no time left to save one); "
+                        f"the restart resumes from {newest or 'step 0'}")
+    try:
+        trainer.save_model(training_args.output_dir)  # on every rank: ZeRO-3 gathers the shards collectively
+    except Exception as exc:
+        if not is_disk_full(exc, out):
+            raise
+        if trainer.accelerator.is_local_main_process:
+            for partial in ckpt.final_weights(out):
+                remove_partial(partial)
+        raise DiskFull(out, f"the final model ({type(exc).__name__}); removed its partial weights; the restart "
+                       "finishes the run from the last checkpoint once space is freed") from exc
     if trainer.accelerator.is_main_process:
         marker = ckpt.write_completion_marker(out, marker_name, trainer.state.global_step,
                                               _source(script_args, model_args))
         logger.info("final model in %s; completion marker %s", out, marker)
     trainer.accelerator.wait_for_everyone()
-    finish_training_metrics(trainer)  # rank 0: the final values stay scrapeable for metrics_grace_seconds
+    stop.deferred = False  # finished: a SIGTERM from here on ends the metrics grace period, nothing else
+    if not stop.requested:
+        try:
+            finish_training_metrics(trainer)  # rank 0: the final values stay scrapeable for metrics_grace_seconds
+        except Preempted:
+            logger.info("SIGTERM after the run finished: not serving the final metrics any longer")
     return trainer
 
 
@@ -268,7 +303,8 @@ def parse_args(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m r1v_job`: the exit code (0 done, 2 bad input); crashes propagate (exit 1)."""
+    """`python -m r1v_job`: the exit code (0 done, 2 bad input, 143 preempted, 1 disk full); crashes
+    propagate (exit 1)."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("R1V_DEBUG", "").lower() not in ("", "0", "false") or "--debug" in argv
@@ -287,6 +323,14 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("preflight passed: the recipe, rewards, model path, data set and metrics port are usable")
             return 0
         run(script_args, training_args, model_args)
+    except Preempted as stopped:
+        if _is_main_process():  # every rank stopped at the same step: one line says so
+            print(f"r1v_job: preempted: {stopped}; exit {PREEMPTED}", file=sys.stderr)
+        mark_preempted()
+        return PREEMPTED
+    except DiskFull as full:
+        print(f"r1v_job: error: {full}", file=sys.stderr)
+        return 1
     except (UsageError, DataError) as exc:
         if debug:
             traceback.print_exc()

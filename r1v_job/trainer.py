@@ -11,12 +11,14 @@ import safetensors.torch
 import torch
 import trl.trainer.grpo_trainer as trl_grpo
 from transformers import TrainerCallback
+from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
 
-from .checkpoints import fsync_tree, remove_completion_marker
+from .checkpoints import checkpoint_problem, fsync_tree, remove_completion_marker
 from .config import last_step
 from .image_work import decode_images_once, images_decoded_on_use, process_each_image_once
 from .preflight import UsageError
+from .preemption import DiskFull, is_disk_full, remove_partial
 from .vision_dedup import enable_vision_dedup
 
 logger = logging.getLogger(__name__)
@@ -55,20 +57,6 @@ class StopAtStepCallback(TrainerCallback):
         if self.stop_at_step is not None and state.global_step >= last_step(state.max_steps, self.stop_at_step):
             control.should_training_stop = True
             control.should_save = True
-        return control
-
-
-class FsyncCheckpointCallback(TrainerCallback):
-    """Flushes each checkpoint's files and folder to disk once transformers has written them.
-
-    Without it a node crash (or an NFS server restart) shortly after a save can leave a checkpoint
-    whose trainer_state.json exists while its weights are still in the page cache: resume would pick
-    it as complete. `checkpoint_problem` still checks every file at restart.
-    """
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_local_process_zero:
-            fsync_tree(Path(args.output_dir) / f"checkpoint-{state.global_step}")
         return control
 
 
@@ -152,6 +140,43 @@ class R1VGRPOTrainer(GRPOTrainer):
                 f"unexpected {_few(result.unexpected_keys)}; pass --resume_from_checkpoint with another "
                 "checkpoint, or --auto_resume false to start over")
         logger.info("resumed the weights of %d tensors from %s", len(state_dict), folder)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """transformers' checkpoint, then made durable, then rotated; a full disk is one error.
+
+        Durable: once every rank has written its files, each node's first process fsyncs the folder
+        (without it a node crash or an NFS server restart shortly after a save can leave a
+        checkpoint whose trainer_state.json exists while its weights are still in the page cache).
+        Rotated: transformers deletes the checkpoints beyond `save_total_limit` inside its save,
+        before anything is fsynced; here they go only after the new one is on disk and whole.
+        Full disk: the half-written checkpoint is removed (it would keep filling the disk) and
+        DiskFull names the folder; the restart resumes from the newest complete checkpoint.
+        """
+        run_dir = Path(self._get_output_dir(trial=trial))
+        folder = run_dir / f"checkpoint-{self.state.global_step}"
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None  # rotation below
+        try:
+            super()._save_checkpoint(model, trial)
+        except Exception as exc:
+            if not is_disk_full(exc, folder):
+                raise
+            if self.state.is_local_process_zero:
+                remove_partial(folder)
+            raise DiskFull(folder, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}; removed the partial "
+                           "checkpoint; the restart resumes from the newest complete one once space is freed") from exc
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every rank's files (RNG states, DeepSpeed shards) are written
+        if self.state.is_local_process_zero:
+            fsync_tree(folder)
+        self.accelerator.wait_for_everyone()
+        if limit and self.args.should_save:
+            if problem := checkpoint_problem(folder, training_state=not self.args.save_only_model):
+                logger.warning("not rotating checkpoints: the new %s is not whole (%s)", folder, problem)
+            else:
+                rotate_checkpoints(output_dir=str(run_dir), save_total_limit=limit,
+                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
 
     def _init_training_state(self, max_steps, *args, **kwargs):
         """Refuses to train past the run's last step: transformers resumed from a checkpoint at the

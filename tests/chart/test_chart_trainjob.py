@@ -51,9 +51,11 @@ def test_trainjob_runs_the_same_trainer_as_the_pytorchjob():
     trainer = only(render({**TJ, **values}), "TrainJob")["spec"]["trainer"]
     assert trainer["command"] == master["command"] and trainer["args"] == master["args"]
     # except the launcher's restart budget: a TrainJob's JobSet counts its restarts itself (maxRestarts)
-    budget = {"R1V_MAX_RESTARTS", "R1V_OUTPUT_DIR", "R1V_POD_NAME"}
-    assert trainer["env"] == [e for e in master["env"] if e["name"] not in budget]
-    assert budget <= {e["name"] for e in master["env"]}
+    # The same budget, keyed by pod name on a PyTorchJob (its pods keep their names), by node rank
+    # on a TrainJob; each render draws its own install id.
+    per_kind = {"R1V_POD_NAME", "R1V_INSTALL_ID"}
+    assert [e for e in trainer["env"] if e["name"] not in per_kind] == [e for e in master["env"] if e["name"] not in per_kind]
+    assert per_kind <= {e["name"] for e in master["env"]} and "R1V_INSTALL_ID" in {e["name"] for e in trainer["env"]}
     assert trainer["image"] == master["image"]
 
 
@@ -87,11 +89,16 @@ def test_exitcode_restarts_map_to_jobset_failure_rules():
     assert spec["failurePolicy"]["rules"] == [
         {"name": "permanent-error", "action": "FailJobSet", "onJobFailureReasons": ["PodFailurePolicy"]}]
     job = spec["replicatedJobs"][0]["template"]["spec"]
-    fail, ignore = job["podFailurePolicy"]["rules"]
-    # The Training Operator's rule: 1-127 permanent (the launcher's 2), 128-255 retried (its 200, kills).
+    fail, retry, disrupted = job["podFailurePolicy"]["rules"]
+    # The Training Operator's rule: 1-127 permanent (the launcher's 2), 128-255 retried (143
+    # preempted, 200 crashed, kills) in a new pod: never a JobSet restart that maxRestarts would
+    # count for the whole run; the launcher counts crashes per checkpoint, never preemptions.
     assert fail["action"] == "FailJob" and fail["onExitCodes"]["containerName"] == "node"
     assert fail["onExitCodes"]["values"] == list(range(1, 128))
-    assert ignore["action"] == "Ignore" and job["backoffLimit"] == 0
+    assert retry["action"] == "Ignore" and retry["onExitCodes"]["values"] == list(range(128, 256))
+    assert disrupted["action"] == "Ignore" and job["backoffLimit"] == 0
+    env = {e["name"]: e.get("value") for e in only(render(TJ), "TrainJob")["spec"]["trainer"]["env"]}
+    assert env["R1V_MAX_RESTARTS"] == "3" and env["R1V_INSTALL_ID"] and "R1V_POD_NAME" not in env
     on_failure = only(render({**TJ, "trainer": {"restartPolicy": "OnFailure"}}), "TrainingRuntime")["spec"]["template"]["spec"]
     assert "rules" not in on_failure["failurePolicy"]
     assert "podFailurePolicy" not in on_failure["replicatedJobs"][0]["template"]["spec"]

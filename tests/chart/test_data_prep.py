@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -145,3 +151,36 @@ def test_the_hub_commit_is_resolved_once_recorded_and_kept(tmp_path, monkeypatch
     # A folder recorded for another repository is not taken for this one.
     assert data_prep.snapshot("org/other", dest, "model") == "c2" * 20
     assert json.loads((dest / SOURCE_RECORD).read_text())["repo_id"] == "org/other"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare for a PID namespace")
+def test_as_pid_1_sigterm_stops_a_download_at_once(tmp_path):
+    """As PID 1 of a container Python ignores SIGTERM; data prep stops at once instead (a stand-in
+    Hub client that takes a minute per download)."""
+    hub = tmp_path / "stub" / "huggingface_hub"
+    hub.mkdir(parents=True)
+    (hub / "__init__.py").write_text("import pathlib, sys, time, types\n"
+                                     "class HfApi:\n"
+                                     "    def __init__(self, token=None): pass\n"
+                                     "    def repo_info(self, *a, **kw): return types.SimpleNamespace(sha='c' * 40)\n"
+                                     "def snapshot_download(**kwargs):\n"
+                                     f"    pathlib.Path({str(tmp_path / 'downloading')!r}).touch()\n"
+                                     "    time.sleep(60)\n")
+    args = ["--model-id", "m", "--model-dir", tmp_path / "m", "--dataset-id", "d", "--dataset-dir", tmp_path / "d",
+            "--superclevr-questions-url", "file:///q", "--superclevr-images-url", "file:///i",
+            "--superclevr-dir", tmp_path / "s", "--marker", tmp_path / "marker"]
+    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable,
+                             str(CHART / "files" / "data_prep.py"), *map(str, args)],
+                            env={**os.environ, "PYTHONPATH": str(tmp_path / "stub")},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "downloading").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else ""
+        time.sleep(0.05)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    started = time.monotonic()
+    os.kill(int(children[0]), signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 143 and time.monotonic() - started < 5
+    assert "stopped by SIGTERM" in err and not (tmp_path / "marker").exists()

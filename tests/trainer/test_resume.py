@@ -1,9 +1,14 @@
-"""Restarts lose, repeat and fake nothing: a run killed after a checkpoint and restarted ends with
-the same weights and losses as one never interrupted; a finished run is never trained on or
-rewritten; a corrupt newest checkpoint is skipped; no marker stands while a run trains."""
+"""Restarts lose, repeat and fake nothing: a run killed after a checkpoint (or stopped by SIGTERM,
+or by a full disk) and restarted ends with the same weights and losses as one never interrupted; a
+finished run is never trained on or rewritten; a corrupt newest checkpoint is skipped; no marker
+stands while a run trains."""
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import time
 
 import pytest
 import safetensors.torch
@@ -12,18 +17,31 @@ from safetensors import safe_open
 from transformers import TrainerCallback
 
 from r1v_job import checkpoints as ckpt
-from r1v_job.grpo import parse_args, run
+from r1v_job import trainer as trainer_module
+from r1v_job.grpo import main, parse_args, run
+from r1v_job.preemption import PREEMPTED
 from r1v_job.trainer import ResumeError
+from tests.trainer import kill_reward
 
 MARKER = ckpt.COMPLETION_MARKER
 
 
-def _args(model, data, out, *extra):
+def _argv(model, data, out, *extra):
     # The smoke recipe as shipped (its rewards move the tiny model's weights), 4 steps, a checkpoint
     # every 2.
-    return parse_args(["--config", "recipes/smoke_cpu.yaml", "--model_name_or_path", str(model),
-                       "--dataset_name", str(data), "--output_dir", str(out), "--offline_bootstrap", "false",
-                       "--max_steps", "4", "--save_steps", "2", *extra])
+    return ["--config", "recipes/smoke_cpu.yaml", "--model_name_or_path", str(model),
+            "--dataset_name", str(data), "--output_dir", str(out), "--offline_bootstrap", "false",
+            "--max_steps", "4", "--save_steps", "2", *extra]
+
+
+def _args(model, data, out, *extra):
+    return parse_args(_argv(model, data, out, *extra))
+
+
+# The recipe's rewards plus one that adds 0 and sends SIGTERM in the middle of step N
+# (R1V_TEST_TERM_AT_CALL=N): the same run as without it.
+TERM_REWARD = ("--reward_funcs", "accuracy_reward", "format_reward", "tag_count_reward",
+               "tests.trainer.kill_reward:die_at_call")
 
 
 class Killed(BaseException):
@@ -193,3 +211,107 @@ def test_an_epoch_run_restarted_after_its_last_step_trains_nothing(runs, tmp_pat
         assert run(*_args(runs["model"], runs["data"], out, *epochs), callbacks=[watch]) is None
     assert watch.steps == [] and _snapshot(out) == before
     assert "already finished at step 2" in caplog.text
+
+
+def test_sigterm_mid_step_checkpoints_that_step_exits_preempted_and_the_resumed_run_ends_bit_for_bit(
+        runs, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    monkeypatch.setattr(kill_reward, "_calls", 0)
+    monkeypatch.setenv("R1V_TEST_TERM_AT_CALL", "3")  # step 3's reward: after its generation, before its backward
+    monkeypatch.setenv("R1V_GRACE_SECONDS", "60")
+    monkeypatch.setenv("R1V_PREEMPTED_FILE", str(tmp_path / "preempted"))
+    assert main(_argv(runs["model"], runs["data"], out, *TERM_REWARD)) == PREEMPTED
+    took = time.monotonic() - kill_reward.term_sent_at
+    assert took < 60  # the step in flight and its checkpoint fit the grace period
+    # The step in flight was finished and saved, fsynced and whole; nothing final was written.
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert ckpt.checkpoint_problem(out / "checkpoint-3") is None
+    assert ckpt.checkpoint_step(out / "checkpoint-3") == 3
+    assert not (out / MARKER).exists() and not (out / "model.safetensors").exists()
+    err = capsys.readouterr().err
+    assert f"r1v_job: preempted: stopped on SIGTERM after step 3; {out / 'checkpoint-3'} is saved" in err
+    assert (tmp_path / "preempted").exists()  # what the launcher reads under torchrun
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler was the run's only
+
+    monkeypatch.delenv("R1V_TEST_TERM_AT_CALL")
+    watch = Watch(out)
+    run(*_args(runs["model"], runs["data"], out, *TERM_REWARD), callbacks=[watch])
+    assert watch.steps == [4]  # step 3 is not redone
+    straight, resumed = _weights(runs["straight"]), _weights(out)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    at_3 = _weights(out / "checkpoint-3")
+    assert sum(not torch.equal(straight[k], at_3[k]) for k in straight) > len(straight) // 2  # step 4 moved them
+    assert _losses(out / "checkpoint-4") == _losses(runs["straight"] / "checkpoint-4")
+
+
+def test_sigterm_when_the_grace_period_cannot_fit_a_save_stops_without_one_and_says_so(
+        runs, tmp_path, monkeypatch, capsys, caplog):
+    out = tmp_path / "run"
+    monkeypatch.setattr(kill_reward, "_calls", 0)
+    monkeypatch.setenv("R1V_TEST_TERM_AT_CALL", "2")
+    monkeypatch.setenv("R1V_GRACE_SECONDS", "0.01")  # less than step 1's save took
+    with caplog.at_level("WARNING"):
+        assert main(_argv(runs["model"], runs["data"], out, *TERM_REWARD, "--save_steps", "1")) == PREEMPTED
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert "stopping after step 2 without a checkpoint" in caplog.text
+    assert "without a checkpoint (no time left to save one); the restart resumes from" in capsys.readouterr().err
+
+
+# A disk that fills during a checkpoint save (a real tmpfs of a few MB): one line naming ENOSPC and
+# the path, no partial checkpoint left, and once space is freed the restart resumes from the last
+# complete checkpoint. Rotation (save_total_limit) deletes older checkpoints only once the new one
+# is whole and fsynced.
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_disk_that_fills_during_a_save_is_one_line_leaves_no_partial_checkpoint_and_resumes(
+        runs, small_disk, monkeypatch, capsys):
+    out = small_disk / "run"
+    monkeypatch.setattr(kill_reward, "_calls", 0)
+    # In step 3, after checkpoint-2: leave 200 kB free, less than checkpoint-4 needs (~3 MB).
+    monkeypatch.setenv("R1V_TEST_FILL_AT_CALL", "3")
+    monkeypatch.setenv("R1V_TEST_FILL_DIR", str(small_disk))
+    monkeypatch.setenv("R1V_TEST_FILL_LEAVE", str(200 << 10))
+    assert main(_argv(runs["model"], runs["data"], out, *TERM_REWARD, "--save_total_limit", "1")) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("r1v_job:")]
+    assert len(lines) == 1
+    assert "ENOSPC" in lines[0] and str(out / "checkpoint-4") in lines[0] and "removed the partial checkpoint" in lines[0]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]  # no partial checkpoint-4
+    assert ckpt.checkpoint_problem(out / "checkpoint-2") is None
+
+    (small_disk / "filler").unlink()  # space freed
+    monkeypatch.delenv("R1V_TEST_FILL_AT_CALL")
+    events = []
+    fsync_tree, rotate = trainer_module.fsync_tree, trainer_module.rotate_checkpoints
+
+    def spy_fsync(path, *a, **k):
+        fsync_tree(path, *a, **k)
+        events.append(("fsync", path.name))
+
+    def spy_rotate(**kwargs):
+        newest = ckpt.checkpoints_by_step(out)[-1][1]
+        events.append(("rotate", newest.name, ckpt.checkpoint_problem(newest)))
+        rotate(**kwargs)
+
+    monkeypatch.setattr(trainer_module, "fsync_tree", spy_fsync)
+    monkeypatch.setattr(trainer_module, "rotate_checkpoints", spy_rotate)
+    watch = Watch(out)
+    run(*_args(runs["model"], runs["data"], out, *TERM_REWARD, "--save_total_limit", "1"), callbacks=[watch])
+    assert watch.steps == [3, 4]  # resumed from checkpoint-2
+    # checkpoint-2 went only after checkpoint-4 was fsynced and whole
+    assert events == [("fsync", "checkpoint-4"), ("rotate", "checkpoint-4", None)]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
+    straight, resumed = _weights(runs["straight"]), _weights(out)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert _losses(out / "checkpoint-4") == _losses(runs["straight"] / "checkpoint-4")

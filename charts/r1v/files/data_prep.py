@@ -22,6 +22,7 @@ import json
 import os
 import posixpath
 import shutil
+import signal
 import sys
 import tempfile
 import urllib.request
@@ -163,7 +164,16 @@ def write_marker(marker: Path, contents: dict) -> None:
     print(f"wrote {marker}", flush=True)
 
 
+def _terminate(signum, frame):
+    # As PID 1 of a container Python ignores SIGTERM and the pod waits out its grace period. Every
+    # write goes to a temp name first and downloads resume, so stopping here loses nothing; os._exit
+    # because the Hub client's download threads would otherwise be joined first.
+    print("data prep: stopped by SIGTERM; a retry resumes the downloads (exit 143)", file=sys.stderr, flush=True)
+    os._exit(143)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-id", required=True)
     p.add_argument("--model-dir", type=Path, required=True)

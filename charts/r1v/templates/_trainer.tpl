@@ -40,6 +40,19 @@ recipe fields are overridden here (docs/architecture.md); everything else comes 
 - {{ include "r1v.scriptsDir" . }}/launch.sh
 {{- end }}
 
+{{/*
+The install id keying the launcher's crash budget: trainer.installId, else the one the existing job
+carries (helm upgrade keeps the budget), else a new one. Resolved once per render.
+*/}}
+{{- define "r1v.installId" -}}
+{{- if not (hasKey .Values "resolvedInstallId") }}
+{{- $apiVersion := ternary "kubeflow.org/v1" "trainer.kubeflow.org/v1alpha1" (eq .Values.jobKind "PyTorchJob") }}
+{{- $job := lookup $apiVersion .Values.jobKind .Release.Namespace (include "r1v.jobName" .) | default dict }}
+{{- $_ := set .Values "resolvedInstallId" (.Values.trainer.installId | default (dig "metadata" "annotations" "r1v.dev/install-id" "" $job) | default uuidv4) }}
+{{- end }}
+{{- .Values.resolvedInstallId }}
+{{- end }}
+
 {{/* The trainer container's environment (EnvVar objects). */}}
 {{- define "r1v.trainer.env" -}}
 - name: R1V_RUN
@@ -56,20 +69,32 @@ recipe fields are overridden here (docs/architecture.md); everything else comes 
   value: {{ include "r1v.claimName" . }}
 - name: R1V_PREFLIGHT
   value: {{ ternary "1" "0" .Values.trainer.preflight | quote }}
-{{- if and (eq .Values.jobKind "PyTorchJob") (eq .Values.trainer.restartPolicy "ExitCode") }}
-{{- /* The restart budget the operator does not keep under ExitCode (files/launch.sh). */}}
+# SIGTERM to SIGKILL, less 15 s for torchrun and the launcher: the trainer's deadline for its save.
+# A ClusterTrainingRuntime's pods keep Kubernetes' 30 s (runtimePatches cannot set the period).
+- name: R1V_GRACE_SECONDS
+  value: {{ sub (ternary 30 (int .Values.trainer.terminationGracePeriodSeconds) (eq (include "r1v.clusterRuntime" .) "true")) 15 | quote }}
+{{- if and (eq .Values.trainer.restartPolicy "ExitCode") (or (eq .Values.jobKind "PyTorchJob") (ne (include "r1v.clusterRuntime" .) "true")) }}
+{{- /* The restart budget by cause, per checkpoint (files/launch.sh): the Training Operator keeps
+none under ExitCode, and the chart's TrainingRuntime leaves every retryable exit to it. */}}
 - name: R1V_MAX_RESTARTS
   value: {{ .Values.runPolicy.backoffLimit | quote }}
 - name: R1V_OUTPUT_DIR
   value: {{ include "r1v.outputDir" . }}
+- name: R1V_INSTALL_ID
+  value: {{ include "r1v.installId" . | quote }}
+{{- if eq .Values.jobKind "PyTorchJob" }}
+{{- /* The operator recreates a pod under its name; a TrainJob's pods are keyed by node rank. */}}
 - name: R1V_POD_NAME
   valueFrom:
     fieldRef:
       fieldPath: metadata.name
 {{- end }}
+{{- end }}
 {{- if .Values.dataPrep.enabled }}
 - name: R1V_DATA_MARKER
   value: {{ include "r1v.dataPrepMarker" . }}
+- name: R1V_DATA_WAIT_TIMEOUT
+  value: {{ .Values.dataPrep.waitTimeoutSeconds | quote }}
 {{- end }}
 {{- range $name, $value := .Values.trainer.nccl }}
 - name: {{ $name }}
@@ -182,7 +207,7 @@ spec:
   # The trainer never talks to the API server unless trainer.serviceAccount says so.
   automountServiceAccountToken: {{ $v.trainer.serviceAccount.automountServiceAccountToken }}
   {{- if eq .role "node" }}
-  # JobSet restarts the whole set (every node together, as NCCL needs); see trainingruntime.yaml.
+  # The node Job replaces a failed pod, or JobSet restarts the whole set; see trainingruntime.yaml.
   restartPolicy: Never
   {{- end }}
   {{- with include "r1v.imagePullSecrets" $root | trim }}
@@ -190,6 +215,8 @@ spec:
   {{- end }}
   securityContext:
     {{- include "r1v.podSecurityContext" (dict "root" $root "component" $v.trainer) | nindent 4 }}
+  # SIGTERM to SIGKILL: one step plus one checkpoint save (values.yaml has the figures).
+  terminationGracePeriodSeconds: {{ $v.trainer.terminationGracePeriodSeconds }}
   {{- if and $v.gangScheduling.enabled $v.gangScheduling.schedulerName (ne .role "node") }}
   schedulerName: {{ $v.gangScheduling.schedulerName }}
   {{- end }}
