@@ -38,11 +38,14 @@ smoke: setup
 demo: setup
 	$(PY) -m demo --out runs/demo $(if $(PUSHGATEWAY),--pushgateway $(PUSHGATEWAY))
 
-# CPU speed table of docs/performance.md: each speed lever of issue 12 alone and combined, against TRL as it
-# was (levers=none) and R1-V's style, on CLEVR-sized scenes (the GPU table: bash bench/gpu.sh on a GPU
-# machine). About 5 minutes of CPU time.
+# CPU speed table of docs/performance.md: each speed lever alone and combined, against TRL as it was
+# (levers=none) and R1-V's style, on CLEVR-sized scenes (the GPU table: bash bench/gpu.sh on a GPU
+# machine). About 8 minutes of CPU time.
+BENCH_VARIANTS := ours:mb=16,levers=none ours:mb=16,levers=dedup ours:mb=16,levers=dedup+group \
+  ours:mb=16,levers=images ours:mb=16,levers=dedup+group+images ours:mb=16,levers=dedup+group+images+pixels \
+  ours:mb=16,levers=dedup+group+images+rope ours:mb=16 r1v:levers=none
 bench: setup
-	$(PY) -m bench --model tiny --recipe recipes/smoke_cpu.yaml --image-size 480x320 --set max_pixels=401408 --threads 1 --steps 3 --warmup 1 --baseline ours:mb=16,levers=none --variants ours:mb=16,levers=none ours:mb=16,levers=dedup ours:mb=16,levers=dedup+group ours:mb=16,levers=images ours:mb=16 r1v:levers=none --out runs/bench/cpu_tiny.json
+	$(PY) -m bench --model tiny --recipe recipes/smoke_cpu.yaml --image-size 480x320 --set max_pixels=401408 --threads 1 --steps 3 --warmup 1 --baseline ours:mb=16,levers=none --variants $(BENCH_VARIANTS) --out runs/bench/cpu_tiny.json
 
 # Both images from the repo root; tags default to pyproject's version (= the chart's appVersion).
 images:

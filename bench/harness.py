@@ -23,9 +23,9 @@ PHASES = ("generation", "ref_logps", "old_logps", "policy_forward", "backward", 
 COUNTS = ("generate_calls", "rollouts", "prompt_tokens", "completion_tokens", "image_patches",
           "sequence_tokens_squared", "vision_images")
 
-# The speed levers of issue 12 (recipe switches in r1v_job.config), for `levers=` in a variant.
+# The speed levers (recipe switches in r1v_job.config), for `levers=` in a variant.
 LEVERS = {"dedup": "dedup_vision", "group": "group_micro_batches", "images": "process_images_once",
-          "compile": "compile_generation"}
+          "compile": "compile_generation", "pixels": "send_images_once", "rope": "rope_index_once"}
 
 # Dense bf16 tensor-core peaks (no sparsity), by a substring of torch.cuda.get_device_name().
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
