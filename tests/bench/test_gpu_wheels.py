@@ -31,7 +31,7 @@ MARKERS = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platf
 _IMPORTS = r"""
 import json, sys
 from importlib.metadata import packages_distributions
-import bench.__main__, bench.harness, bench.models, r1v_job.grpo, r1v_job.tiny
+import bench.__main__, bench.gpu_plan, bench.harness, bench.models, r1v_job.grpo, r1v_job.tiny
 from r1v_job import rewards
 rewards.accuracy_reward([[{"content": "<answer>3</answer>"}]], solution=["<answer>3</answer>"])
 owners = packages_distributions()
