@@ -47,22 +47,38 @@ else
   export PYTHONPATH=/tmp/site:$PWD
   PY=python3
   nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.max.sm,power.limit --format=csv | tee "$OUT/nvidia-smi.csv" || true
-  # Variants start until 6 minutes after this script began (set-up counted).
   ARGS=(--model bench/configs/qwen2vl_2b.json --prompts 16 --generations 8 --completion-length 64
-        --image-size 480x320 --steps 2 --warmup 1 --time-budget $(( 360 - SECONDS )) --workdir /tmp/bench)
+        --image-size 480x320 --steps 2 --warmup 1 --workdir /tmp/bench)
 fi
 
 # Every import the run needs, in seconds rather than after minutes of model building (transformers
-# checks its own pins here too).
+# checks its own pins here too); then each carried wheel's requirements against what is installed
+# there, as warnings (the machine's pyarrow and fsspec versions, which datasets bounds, are not known
+# in advance).
 "$PY" - <<'EOF'
-import importlib.util, sys, torch, transformers, trl
+import glob, importlib.util, sys, torch, transformers, trl
+from importlib.metadata import PackageNotFoundError, distribution, version
+from packaging.requirements import Requirement
 import r1v_job.grpo, bench.harness, bench.gpu_plan  # noqa: F401
 vision = "yes" if importlib.util.find_spec("torchvision") else "no"
 print(f"python {sys.version.split()[0]}, torch {torch.__version__}, transformers {transformers.__version__}, "
       f"trl {trl.__version__}, torchvision {vision}, cuda {torch.cuda.is_available() and torch.cuda.get_device_name()}",
       flush=True)
+for wheel in sorted(glob.glob(".whl/*.whl")):
+    for line in distribution(wheel.split("/")[-1].split("-")[0]).requires or []:
+        need = Requirement(line)
+        if need.marker is not None and not need.marker.evaluate({"extra": ""}):
+            continue
+        try:
+            have = version(need.name)
+        except PackageNotFoundError:
+            continue  # an optional import the run does not make (tests/bench/test_gpu_wheels.py checks those)
+        if not need.specifier.contains(have, prereleases=True):
+            print(f"warning: {wheel}: needs {need}, {need.name} {have} is installed", flush=True)
 EOF
 
+# Variants start until 6 minutes after this script began (set-up counted): it ends inside 8.
+(( DRY_RUN )) || ARGS+=(--time-budget $(( 360 - SECONDS )))
 "$PY" -m bench --plan gpu --recipe recipes/r1v_qwen2vl_2b_clevr.yaml --table compact \
   ${COMMIT:+--commit "$COMMIT"} --out "$OUT/bench_qwen2vl_2b.json" "${ARGS[@]}" 2>&1 | tee "$OUT/bench_qwen2vl_2b.log"
 echo "bench/gpu.sh: done in ${SECONDS}s"
