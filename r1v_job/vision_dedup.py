@@ -179,8 +179,10 @@ def _get_rope_index_once(self, input_ids, mm_token_type_ids=None, image_grid_thw
         return original(input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw,
                         video_grid_thw=video_grid_thw, attention_mask=attention_mask, **kwargs)
 
-    if video_grid_thw is not None or image_grid_thw is None or mm_token_type_ids is None:
-        return fallback()
+    if (video_grid_thw is not None or image_grid_thw is None or mm_token_type_ids is None
+            or mm_token_type_ids.shape != input_ids.shape
+            or attention_mask is not None and attention_mask.shape != input_ids.shape):
+        return fallback()  # videos, or inputs laid out otherwise: transformers' own loop
     merge = self.config.vision_config.spatial_merge_size
     types = mm_token_type_ids.cpu().numpy()
     mask = None if attention_mask is None else attention_mask.cpu().numpy().astype(bool)
