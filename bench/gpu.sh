@@ -39,13 +39,16 @@ if (( DRY_RUN )); then
   ARGS=(--model tiny --free-gib 79.2 --prompts 2 --generations 8 --completion-length 4 --image-size 112x112
         --set use_cpu=true --threads 1 --workdir "${WORKDIR:-runs/bench/gpu-dry-run}")
 else
-  if ! compgen -G ".whl/*.whl" > /dev/null; then
-    echo "bench/gpu.sh: no wheels in .whl/: run 'make gpu-wheels' before the call and carry .whl" >&2
+  PY=${PYTHON:-python3}
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+  if compgen -G ".whl/*.whl" > /dev/null; then  # the lent machine: its python3 plus the carried wheels
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site:$PYTHONPATH
+  elif ! "$PY" -c "import trl, datasets, math_verify" 2> /dev/null; then
+    echo "bench/gpu.sh: $PY lacks trl/datasets/math-verify and .whl/ has no wheels: run 'make gpu-wheels'" \
+         "before the call and carry .whl (or set PYTHON to an environment with '.[train]' installed)" >&2
     exit 2
   fi
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:$PWD
-  PY=python3
   nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.max.sm,power.limit --format=csv | tee "$OUT/nvidia-smi.csv" || true
   ARGS=(--model bench/configs/qwen2vl_2b.json --prompts 16 --generations 8 --completion-length 64
         --image-size 480x320 --steps 2 --warmup 1 --workdir /tmp/bench)
