@@ -3,7 +3,7 @@
 # Qwen2-VL-2B architecture (random weights), 3 steps, scraping its /metrics while it runs. Checks
 # what the CPU tests cannot: bf16 on a GPU, the attention choice, the GPU memory gauges.
 #
-#   bash bench/gpu_trainer_check.sh                # on the GPU machine (wheels in .whl/, see gpu.sh)
+#   bash bench/gpu_trainer_check.sh                # on the GPU machine (wheels in .whl/: make gpu-wheels)
 #   bash bench/gpu_trainer_check.sh --cpu-dry-run  # the same steps on the tiny model, on the CPU
 set -euo pipefail
 OUT=${OUT:-runs/bench/gpu-trainer}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import importlib.util
 import statistics
@@ -23,12 +24,49 @@ PHASES = ("generation", "ref_logps", "old_logps", "policy_forward", "backward", 
 COUNTS = ("generate_calls", "rollouts", "prompt_tokens", "completion_tokens", "image_patches",
           "sequence_tokens_squared", "vision_images")
 
-# The speed levers of issue 12 (recipe switches in r1v_job.config), for `levers=` in a variant.
+# The speed levers (recipe switches in r1v_job.config), for `levers=` in a variant.
 LEVERS = {"dedup": "dedup_vision", "group": "group_micro_batches", "images": "process_images_once",
-          "compile": "compile_generation"}
+          "compile": "compile_generation", "pixels": "send_images_once", "rope": "rope_index_once"}
 
-# Dense bf16 tensor-core peaks (no sparsity), by a substring of torch.cuda.get_device_name().
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
+# Dense bf16 tensor-core peaks (no sparsity), by a substring of torch.cuda.get_device_name(), first match
+# wins: the vendor's datasheet figures (H100 SXM and H200: 989 TFLOP/s).
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0,
+                    "L40S": 362.0}
+
+# `precision=` of a variant: the weights the passes compute with, and where the update happens.
+#   bf16           bf16 weights (and gradients) for every pass, AdamW on fp32 master copies, the result
+#                  copied back: what DeepSpeed ZeRO-2 with bf16 does in the seed recipe's real run
+#   fp32-autocast  fp32 weights trained under bf16 autocast: the seed recipe run without DeepSpeed
+# Without it the recipe's own dtype and bf16 settings hold (the CPU bench: fp32, no autocast).
+# Both load fp32 weights (the seed recipe's dtype, which the trainer's preflight requires without DeepSpeed);
+# bf16 then casts the policy and the reference to bf16 after keeping fp32 masters of the loaded values.
+PRECISIONS = {"bf16": {"dtype": "float32", "bf16": True}, "fp32-autocast": {"dtype": "float32", "bf16": True}}
+
+
+class MasterWeightAdamW(torch.optim.AdamW):
+    """AdamW on fp32 master copies of (bf16) parameters: each step copies the gradients into the masters,
+    updates them and writes them back in the parameters' dtype, as DeepSpeed's bf16 optimizer does
+    (ZeRO-2 shards the masters and the Adam states across GPUs; one GPU holds them all here)."""
+
+    def __init__(self, params, masters: dict | None = None, **kwargs):
+        """`masters`: fp32 values by parameter id, taken before the parameters were cast (else their own)."""
+        groups = params if isinstance(params[0], dict) else [{"params": params}]
+        masters, self.pairs, master_groups = masters or {}, [], []
+        for group in groups:
+            copies = [masters[id(p)] if id(p) in masters else p.detach().float().clone() for p in group["params"]]
+            self.pairs += list(zip(group["params"], copies))
+            master_groups.append({**group, "params": copies})
+        super().__init__(master_groups, **kwargs)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for param, master in self.pairs:
+            master.grad = None if param.grad is None else param.grad.float()
+        loss = super().step(closure)
+        for param, master in self.pairs:
+            master.grad = None
+            param.copy_(master)
+        return loss
 
 
 @dataclass
@@ -42,12 +80,13 @@ class Variant:
     steps_per_generation is then micro-steps / N), `gc` gradient
     checkpointing, `liger` Liger kernels, `warmup=N` / `steps=N` for this variant only,
     `levers=` the speed levers switched on, all others off (`none`, `all`, or names from LEVERS joined
-    by `+`, e.g. `levers=dedup+group`; without it the recipe's defaults hold), or any
+    by `+`, e.g. `levers=dedup+group`; without it the recipe's defaults hold), `precision=` (PRECISIONS), or any
     `recipe_field=value` (YAML value).
     """
 
     spec: str
     style: str = "ours"
+    precision: str | None = None  # a PRECISIONS key; None: the recipe's own
     micro_batch: int | None = None
     generation_rounds: int = 1
     warmup: int | None = None  # None: the command line's --warmup / --steps
@@ -72,6 +111,10 @@ class Variant:
                 variant.overrides["gradient_checkpointing"] = True
             elif key == "liger":
                 variant.overrides["use_liger_kernel"] = True
+            elif key == "precision":
+                if value not in PRECISIONS:
+                    raise ValueError(f"variant {spec!r}: precision must be one of {', '.join(PRECISIONS)}")
+                variant.precision = value
             elif key == "levers":
                 names = set(LEVERS) if value == "all" else set() if value == "none" else set(value.split("+"))
                 if names - set(LEVERS):
@@ -82,7 +125,7 @@ class Variant:
                 variant.overrides[key] = yaml.safe_load(value)
             else:
                 raise ValueError(f"variant {spec!r}: option {option!r} is not mb=, rounds=, gc, liger, levers=, "
-                                 f"warmup=, steps= or field=value")
+                                 f"precision=, warmup=, steps= or field=value")
         if style == "r1v" and (variant.micro_batch is not None or variant.generation_rounds != 1):
             raise ValueError(f"variant {spec!r}: r1v fixes the micro-batch at one prompt's G rollouts")
         return variant
@@ -119,6 +162,7 @@ class PhaseTimer(TrainerCallback):
         self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         self.steps: list[dict] = []
         self._phases: dict = defaultdict(float)
+        self._inner: dict = defaultdict(float)  # seconds inside a phase, reported apart (not in "other")
         self._counts: dict = defaultdict(int)
         self._step_start = self._optimizer_start = self._cpu_start = None
         self.vision = None  # parameter_split's vision part, set by instrument
@@ -139,6 +183,10 @@ class PhaseTimer(TrainerCallback):
         for model in (trainer.model, trainer.ref_model):
             for tower in vision_towers(model) if model is not None else ():
                 tower.register_forward_pre_hook(self._count_vision, with_kwargs=True)
+        # M-RoPE position ids (inside the passes, so also billed to them): what the rope lever saves.
+        for model in (trainer.model, trainer.ref_model):
+            for inner in (m for m in model.modules() if hasattr(m, "rope_deltas")) if model is not None else ():
+                inner.get_rope_index = self._timed(inner.get_rope_index, "rope_index")
         generate = trainer._generate_single_turn
         if style == "r1v":
             generate = r1v_generation(trainer, generate)
@@ -156,7 +204,13 @@ class PhaseTimer(TrainerCallback):
                                                            for p, c in zip(prompt_ids, completion_ids))
             grid = multimodal_fields.get("image_grid_thw")
             if grid is not None:
-                self._counts["image_patches"] += int(torch.as_tensor(grid).prod(-1).sum())
+                grid = torch.as_tensor(grid)
+                self._counts["image_patches"] += int(grid.prod(-1).sum())
+                # What the algorithm needs: each prompt's image once (TRL lays a prompt's G rollouts in a
+                # row, one image each), whatever the towers were handed.
+                group = trainer.num_generations
+                distinct = grid[::group] if len(grid) == len(prompt_ids) and len(grid) % group == 0 else grid
+                self._counts["needed_vision_forward"] += vision_forward_flops(distinct.prod(-1).tolist(), self.vision)
             return completion_ids, logprobs
 
         logps = trainer._get_per_token_logps_and_entropies
@@ -186,6 +240,17 @@ class PhaseTimer(TrainerCallback):
         trainer.accelerator.backward = timed_backward
         trainer._clip_grad_norm = timed_clip
 
+    def _timed(self, function, name: str):
+        def timed(*args, **kwargs):
+            self.sync()
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.sync()
+                self._inner[name] += time.perf_counter() - start
+        return timed
+
     def _count_vision(self, module, args, kwargs):
         grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
         if grid is None:
@@ -193,6 +258,7 @@ class PhaseTimer(TrainerCallback):
         flops = vision_forward_flops(grid.prod(-1).tolist(), self.vision)
         # A pass with grad also runs the tower's backward: 2 more forward-equivalents.
         self._counts["vision_flops"] += flops * (3 if torch.is_grad_enabled() else 1)
+        self._counts["vision_grad_forward"] += flops if torch.is_grad_enabled() else 0
         self._counts["vision_images"] += len(grid)
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -213,10 +279,12 @@ class PhaseTimer(TrainerCallback):
         now, cpu = time.perf_counter(), time.process_time()
         step = {"step_s": now - self._step_start, "cpu_s": cpu - self._cpu_start,
                 **{p: self._phases.get(p, 0.0) for p in PHASES},
-                **{c: self._counts.get(c, 0) for c in COUNTS}, "vision_flops": self._counts.get("vision_flops", 0)}
+                **{c: self._counts.get(c, 0) for c in COUNTS},
+                **{c: self._counts.get(c, 0) for c in ("vision_flops", "vision_grad_forward", "needed_vision_forward")}}
         step["other"] = step["step_s"] - sum(step[p] for p in PHASES)
+        step["rope_index"] = self._inner.get("rope_index", 0.0)
         self.steps.append(step)
-        self._phases, self._counts = defaultdict(float), defaultdict(int)
+        self._phases, self._counts, self._inner = defaultdict(float), defaultdict(int), defaultdict(float)
         self._step_start, self._cpu_start = now, cpu
 
 
@@ -309,9 +377,25 @@ def vision_forward_flops(patches: list[int], params: dict) -> float:
     return weights + attention
 
 
-def step_flops(step: dict, params: dict, passes: float) -> float:
-    """Model FLOPs of one step: `passes` forward-equivalents of the language model over every rollout,
-    plus what the vision towers encoded (see docs/performance.md).
+def language_forward_flops(step: dict, params: dict) -> float:
+    """One language-model forward over the step's rollouts (see step_flops)."""
+    tokens = step["prompt_tokens"] + step["completion_tokens"]
+    attention = 2 * params["text_layers"] * params["text_attention_dim"] * step["sequence_tokens_squared"]
+    return 2 * (params["decoder"] * tokens + params["lm_head"] * step["completion_tokens"]) + attention
+
+
+def needed_flops(step: dict, params: dict, passes: float) -> float:
+    """FLOPs the algorithm needs in one step, the numerator of MFU: `passes` forward-equivalents of the
+    language model over every rollout, and as many of the vision tower over each prompt's image once
+    (each distinct image encoded once per pass), however the implementation runs them: repeated
+    encodings and recomputation (gradient checkpointing) are not counted."""
+    return passes * (language_forward_flops(step, params) + step.get("needed_vision_forward", 0))
+
+
+def step_flops(step: dict, params: dict, passes: float, recompute: bool = False) -> float:
+    """FLOPs executed in one step: `passes` forward-equivalents of the language model over every rollout,
+    plus what the vision towers encoded (see docs/performance.md); with `recompute` (gradient
+    checkpointing) one more forward of the policy pass, language model and towers.
 
     A language-model forward over the step's rollouts costs 2 x decoder params x (prompt + completion
     tokens) + 2 x LM-head params x completion tokens (TRL and generate only project the scored /
@@ -319,19 +403,36 @@ def step_flops(step: dict, params: dict, passes: float) -> float:
     rollout. The vision part counts the images each tower forward received (so an image encoded once
     for 8 rollouts is charged once), times 3 for passes with a backward (vision_forward_flops).
     """
-    tokens = step["prompt_tokens"] + step["completion_tokens"]
-    attention = 2 * params["text_layers"] * params["text_attention_dim"] * step["sequence_tokens_squared"]
-    forward = 2 * (params["decoder"] * tokens + params["lm_head"] * step["completion_tokens"]) + attention
-    return passes * forward + step.get("vision_flops", 0)
+    forward = language_forward_flops(step, params)
+    executed = passes * forward + step.get("vision_flops", 0)
+    return executed + (forward + step.get("vision_grad_forward", 0) if recompute else 0)
 
 
-def _peak_tflops(device: torch.device, override: float | None) -> float | None:
+def device_peak_tflops(device: torch.device, override: float | None, dtype: torch.dtype = torch.float32
+                       ) -> tuple[float | None, str]:
+    """The MFU denominator and where it comes from: `override`; on a GPU, the card's dense bf16 peak
+    (PEAK_BF16_TFLOPS); on the CPU, which has no datasheet figure here, the best of 5 timed 1024^3 matrix
+    products in `dtype` (the weights' dtype) on the threads the bench uses."""
     if override:
-        return override
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((tflops for key, tflops in PEAK_BF16_TFLOPS.items() if key in name), None)
+        return override, "--peak-tflops"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        found = next(((key, tflops) for key, tflops in PEAK_BF16_TFLOPS.items() if key in name), None)
+        return (found[1], f"{name}: dense bf16 datasheet peak") if found else (None, f"{name}: peak unknown")
+    return _cpu_peak_tflops(dtype, torch.get_num_threads())
+
+
+@functools.cache
+def _cpu_peak_tflops(dtype: torch.dtype, threads: int) -> tuple[float, str]:
+    """Measured once per dtype and thread count in a process, so every variant of a run shares it."""
+    a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * 1024**3 / best / 1e12, f"CPU: measured {str(dtype).removeprefix('torch.')} matmul, {threads} thread(s)"
 
 
 def _reset_peak_memory(device: torch.device) -> None:
@@ -354,23 +455,30 @@ def _peak_memory(device: torch.device) -> dict:
     return {"peak_memory_bytes": None, "memory_kind": None}
 
 
-def summarize(steps: list[dict], params: dict, beta: float, peak_tflops: float | None) -> dict:
-    """Medians over the measured steps, and the throughput and MFU they give."""
+def summarize(steps: list[dict], params: dict, beta: float, peak_tflops: float | None,
+              recompute: bool = False) -> dict:
+    """Medians over the measured steps, and the throughput and FLOP utilisations they give: MFU (FLOPs
+    the algorithm needs, needed_flops) and the executed-FLOPs utilisation (step_flops), both over the
+    same peak."""
     median = {key: statistics.median(step[key] for step in steps) for key in steps[0]}
     # generation + reference (when beta != 0) + training (3 forward-equivalents) + old log-probs when computed
     passes = 1 + (beta != 0) + 3 + (median["old_logps"] > 0)
-    flops = step_flops(median, params, passes)
+    flops = needed_flops(median, params, passes)
+    executed = step_flops(median, params, passes, recompute=recompute)
     step_s, gen_s = median["step_s"], median["generation"]
     return {
-        **{key: median[key] for key in ("step_s", "cpu_s", *PHASES, "other")},
+        **{key: median[key] for key in ("step_s", "cpu_s", *PHASES, "other", "rope_index")},
         **{key: int(median[key]) for key in COUNTS},
         "rollouts_per_s": median["rollouts"] / step_s,
         "generated_tokens_per_s": median["completion_tokens"] / step_s,
         "generation_rollouts_per_s": median["rollouts"] / gen_s,
         "generation_tokens_per_s": median["completion_tokens"] / gen_s,
+        "step_times_s": [step["step_s"] for step in steps],
         "tflop_per_step": flops / 1e12,
+        "executed_tflop_per_step": executed / 1e12,
         "achieved_tflops": flops / step_s / 1e12,
         "mfu": flops / step_s / (peak_tflops * 1e12) if peak_tflops else None,
+        "executed_utilization": executed / step_s / (peak_tflops * 1e12) if peak_tflops else None,
     }
 
 
@@ -385,6 +493,7 @@ def run_variant(variant: Variant, recipe: dict, *, model_dir: Path, dataset: Pat
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         fields = {
             **recipe,
+            **PRECISIONS.get(variant.precision, {}),
             **variant.overrides,
             **variant.batch_fields(prompts, generations),
             "model_name_or_path": str(model_dir),
@@ -409,6 +518,16 @@ def run_variant(variant: Variant, recipe: dict, *, model_dir: Path, dataset: Pat
         config.write_text(yaml.safe_dump(fields))
         script_args, training_args, model_args = parse_args(["--config", str(config)])
         trainer = build_trainer(script_args, training_args, model_args)
+        if variant.precision == "bf16":
+            optimizer_cls, optimizer_kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, trainer.model)
+            if not issubclass(optimizer_cls, torch.optim.AdamW):
+                raise ValueError(f"variant {variant.spec}: precision=bf16 keeps fp32 masters for AdamW, not "
+                                 f"{optimizer_cls.__name__}")
+            masters = {id(p): p.detach().clone() for p in trainer.model.parameters() if p.requires_grad}
+            trainer.model.to(torch.bfloat16)  # the parameters stay the same objects, their data bf16
+            if trainer.ref_model is not None:
+                trainer.ref_model.to(torch.bfloat16)
+            trainer.optimizer_cls_and_kwargs = (MasterWeightAdamW, {**optimizer_kwargs, "masters": masters})
         device = trainer.accelerator.device
         timer = PhaseTimer(device)
         trainer.add_callback(timer)
@@ -418,6 +537,9 @@ def run_variant(variant: Variant, recipe: dict, *, model_dir: Path, dataset: Pat
             "per_device_train_batch_size", "gradient_accumulation_steps", "steps_per_generation",
             "gradient_checkpointing", "use_liger_kernel", "bf16", "dtype", "beta", *LEVERS.values())}
         settings["attn_implementation"] = trainer.model.config._attn_implementation
+        settings["precision"] = variant.precision or "recipe"
+        settings["master_weights"] = "fp32" if variant.precision == "bf16" else None
+        peak, peak_source = device_peak_tflops(device, peak_tflops, next(trainer.model.parameters()).dtype)
         try:
             _reset_peak_memory(device)
             trainer.train()
@@ -431,6 +553,8 @@ def run_variant(variant: Variant, recipe: dict, *, model_dir: Path, dataset: Pat
     measured = timer.steps[warmup:]
     if not measured:
         raise RuntimeError(f"variant {variant.spec}: no measured steps (warmup {warmup}, steps {steps})")
-    return {**result, "warmup": warmup, "measured_steps": len(measured), "settings": settings, "parameters": params, **memory,
-            "summary": summarize(measured, params, training_args.beta, _peak_tflops(device, peak_tflops)),
+    return {**result, "warmup": warmup, "measured_steps": len(measured), "settings": settings, "parameters": params,
+            **memory, "peak_tflops": peak, "peak_source": peak_source,
+            "summary": summarize(measured, params, training_args.beta, peak,
+                                 recompute=bool(training_args.gradient_checkpointing)),
             "steps": timer.steps}

@@ -103,6 +103,18 @@ class R1VScriptArguments(ScriptArguments):
         metadata={"help": "Generate with a static KV cache and let transformers compile the decode step (CUDA "
                           "only; TRL disables it). Opt-in until measured: bench/gpu.sh measures it."},
     )
+    send_images_once: bool = field(
+        default=True,
+        metadata={"help": "With process_images_once: copy each distinct image's pixels to the device once and "
+                          "build the rollouts' pixel_values there by indexing, instead of concatenating every "
+                          "rollout's copy on the CPU and copying them all; same pixel values."},
+    )
+    rope_index_once: bool = field(
+        default=True,
+        metadata={"help": "Compute Qwen2-VL/Qwen2.5-VL M-RoPE position ids once per distinct row layout, with one "
+                          "host read and one device copy per forward, instead of transformers' per-row loop with "
+                          "host syncs in every forward; bit-identical positions (r1v_job.vision_dedup)."},
+    )
 
 
 def last_step(max_steps: int, stop_at_step: int | None) -> int:

@@ -117,6 +117,7 @@ def build_trainer(script_args: R1VScriptArguments, training_args: GRPOConfig, mo
         processing_class=processor,
         dedup_vision=script_args.dedup_vision, group_micro_batches=script_args.group_micro_batches,
         process_images_once=script_args.process_images_once, compile_generation=script_args.compile_generation,
+        send_images_once=script_args.send_images_once, rope_index_once=script_args.rope_index_once,
         callbacks=[*training_callbacks(script_args, reward_names, _source(script_args, model_args)),
                    StopAtStepCallback(script_args.stop_at_step),
                    *(callbacks or [])],

@@ -19,7 +19,7 @@ from .config import last_step
 from .image_work import decode_images_once, images_decoded_on_use, process_each_image_once
 from .preflight import UsageError
 from .preemption import DiskFull, is_disk_full, remove_partial
-from .vision_dedup import enable_vision_dedup
+from .vision_dedup import enable_rope_index_once, enable_vision_dedup
 
 logger = logging.getLogger(__name__)
 
@@ -194,11 +194,16 @@ class R1VGRPOTrainer(GRPOTrainer):
     # 8 copies of every image was ~2.4 s of repeated work and CPU image work ~2.1 s ("other"). The
     # levers below remove both without changing the algorithm; each has a recipe switch
     # (r1v_job.config) so the bench can measure it alone. Compiled decoding is opt-in, unmeasured.
+    # Two more host-side costs on the step's path: the rollouts' pixel copies assembled on the CPU and
+    # copied to the device (send_images_once), and M-RoPE positions recomputed row by row with host
+    # syncs in every forward (rope_index_once).
 
     def __init__(self, *args, dedup_vision: bool = True, group_micro_batches: bool = True,
-                 process_images_once: bool = True, compile_generation: bool = False, **kwargs):
+                 process_images_once: bool = True, compile_generation: bool = False,
+                 send_images_once: bool = True, rope_index_once: bool = True, **kwargs):
         self.dedup_vision, self.group_micro_batches = dedup_vision, group_micro_batches
         self.process_images_once, self.compile_generation = process_images_once, compile_generation
+        self.send_images_once, self.rope_index_once = send_images_once, rope_index_once
         if process_images_once and kwargs.get("train_dataset") is not None:
             kwargs["train_dataset"] = images_decoded_on_use(kwargs["train_dataset"])
         super().__init__(*args, **kwargs)
@@ -206,6 +211,10 @@ class R1VGRPOTrainer(GRPOTrainer):
             for model in (self.model, self.ref_model):
                 if model is not None:
                     enable_vision_dedup(model)
+        if rope_index_once:
+            for model in (self.model, self.ref_model):
+                if model is not None:
+                    enable_rope_index_once(model)
         if compile_generation:
             # TRL builds its GenerationConfig with disable_compile=True; a static cache is what lets
             # transformers compile the decode step (on CUDA) instead of running ~30 ms of eager launches.
@@ -232,7 +241,8 @@ class R1VGRPOTrainer(GRPOTrainer):
         if not self.process_images_once:
             return super()._generate_and_score_completions(inputs)
         inputs = decode_images_once(inputs)
-        with process_each_image_once(self.processing_class):
+        device = self.accelerator.device if self.send_images_once else None
+        with process_each_image_once(self.processing_class, device=device):
             return super()._generate_and_score_completions(inputs)
 
 

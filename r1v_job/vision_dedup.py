@@ -16,6 +16,14 @@ transformers 5.24 runs the vision tower for images) with one that
    gradients within float rounding; tests/trainer/test_speed_levers.py).
 
 The parameters, the state dict and every other method are untouched; `disable_vision_dedup` undoes it.
+
+`enable_rope_index_once(model)` does the same for the M-RoPE position ids: transformers' `get_rope_index`
+loops over the rows in Python with host syncs per row (`.tolist()`, `.item()`, boolean indexing), in
+every forward (generation prefill, each reference chunk, each policy micro-batch), for positions that
+depend only on a row's layout: its padding, its text and image-token runs and its images' grids. The
+replacement reads the masks and grids to the host once per call, computes each distinct row layout's
+positions once (then from a cache) and sends the whole (3, rows, length) tensor to the device in one
+copy. Integer positions: bit-identical to transformers' (tests/trainer/test_speed_levers.py).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import logging
 from itertools import accumulate
 from types import MethodType
 
+import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -116,3 +125,104 @@ def enable_vision_dedup(model: torch.nn.Module) -> bool:
 def disable_vision_dedup(model: torch.nn.Module) -> None:
     for inner in _targets(model):
         inner.__dict__.pop("get_image_features", None)
+
+
+# --- M-RoPE position ids once per row layout -------------------------------------------------------
+
+_ROPE_CACHE_ROWS = 4096  # distinct row layouts kept (a step has a few dozen); the cache starts over past it
+
+
+def _image_positions(start: int, grid: tuple[int, int, int], merge: int) -> np.ndarray:
+    """(3, tokens) positions of one image's merged tokens: transformers' get_vision_position_ids for an
+    image (temporal step 1), offset by `start`."""
+    t, h, w = grid[0], grid[1] // merge, grid[2] // merge
+    temporal, height, width = np.meshgrid(np.arange(t), np.arange(h) + start, np.arange(w) + start, indexing="ij")
+    positions = np.stack([temporal, height, width]).reshape(3, -1)
+    positions[0] += start
+    return positions
+
+
+def _row_positions(types: np.ndarray, grids: list, merge: int) -> tuple[np.ndarray, int, int] | None:
+    """One row's (3, n) positions, images used and rope delta, as transformers' get_rope_index computes
+    them for a row of text (type 0) and image (type 1) runs; None for anything else (videos, an image
+    run whose length does not match its grid), which the caller leaves to transformers."""
+    n = len(types)
+    bounds = [0, *(np.flatnonzero(np.diff(types)) + 1).tolist(), n]
+    pieces, position, used = [], 0, 0
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        kind = int(types[start])
+        if kind == 0:
+            pieces.append(np.broadcast_to(np.arange(end - start) + position, (3, end - start)))
+            position += end - start
+        elif kind == 1 and used < len(grids):
+            grid = grids[used]
+            used += 1
+            block = _image_positions(position, grid, merge)
+            if block.shape[1] != end - start:
+                return None
+            pieces.append(block)
+            position += max(grid[1], grid[2]) // merge
+        else:
+            return None
+    positions = np.concatenate(pieces, axis=1) if pieces else np.zeros((3, 0), dtype=np.int64)
+    delta = int(positions.max()) + 1 - n if n else 0
+    return positions, used, delta
+
+
+def _get_rope_index_once(self, input_ids, mm_token_type_ids=None, image_grid_thw=None, video_grid_thw=None,
+                         attention_mask=None, **kwargs):
+    """transformers' get_rope_index for image-and-text rows, each distinct row layout computed once and
+    the result sent to the device in one copy (bound to one model instance by enable_rope_index_once)."""
+    original = type(self).get_rope_index.__get__(self)
+
+    def fallback():
+        return original(input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw,
+                        video_grid_thw=video_grid_thw, attention_mask=attention_mask, **kwargs)
+
+    if (video_grid_thw is not None or image_grid_thw is None or mm_token_type_ids is None
+            or mm_token_type_ids.shape != input_ids.shape
+            or attention_mask is not None and attention_mask.shape != input_ids.shape):
+        return fallback()  # videos, or inputs laid out otherwise: transformers' own loop
+    merge = self.config.vision_config.spatial_merge_size
+    types = mm_token_type_ids.cpu().numpy()
+    mask = None if attention_mask is None else attention_mask.cpu().numpy().astype(bool)
+    grids = [tuple(grid) for grid in image_grid_thw.tolist()]
+    cache = self.__dict__.setdefault("_r1v_rope_cache", {})
+    if len(cache) > _ROPE_CACHE_ROWS:
+        cache.clear()
+    out = np.zeros((3, *types.shape), dtype=np.int64)
+    deltas, used = [], 0
+    for row in range(types.shape[0]):
+        row_types = types[row] if mask is None else types[row][mask[row]]
+        images = int(np.count_nonzero(np.diff(row_types, prepend=0) == 1)) if len(row_types) else 0
+        row_grids = grids[used:used + images]
+        key = (merge, row_types.tobytes(), tuple(row_grids))
+        if key not in cache:
+            computed = _row_positions(row_types, row_grids, merge)
+            if computed is None or computed[1] != images:
+                return fallback()
+            cache[key] = (computed[0], computed[2])
+        positions, delta = cache[key]
+        used += images
+        if mask is None:
+            out[:, row] = positions
+        else:
+            out[:, row, mask[row]] = positions
+        deltas.append(delta)
+    position_ids = torch.from_numpy(out).to(device=input_ids.device, dtype=input_ids.dtype)
+    return position_ids, torch.tensor(deltas, device=input_ids.device).unsqueeze(1)
+
+
+def enable_rope_index_once(model: torch.nn.Module) -> bool:
+    """Compute M-RoPE position ids once per distinct row layout in `model` (any wrapper of a Qwen2-VL /
+    Qwen2.5-VL). Returns False, changing nothing, for other architectures."""
+    targets = _targets(model)
+    for inner in targets:
+        inner.__dict__["get_rope_index"] = MethodType(_get_rope_index_once, inner)
+    return bool(targets)
+
+
+def disable_rope_index_once(model: torch.nn.Module) -> None:
+    for inner in _targets(model):
+        inner.__dict__.pop("get_rope_index", None)
+        inner.__dict__.pop("_r1v_rope_cache", None)

@@ -7,10 +7,11 @@ No timing thresholds: a shared CI machine makes any speed assertion flaky. The f
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from bench.harness import LEVERS, Variant, parameter_split, vision_forward_flops
+from bench.harness import LEVERS, MasterWeightAdamW, Variant, needed_flops, parameter_split, step_flops, vision_forward_flops
 from bench.models import CONFIG_2B, prepare_model, random_model_config
 from r1v_job.tiny import build_tokenizer
 
@@ -36,12 +37,16 @@ def test_variant_batch_arithmetic():
 
 def test_levers_switch_the_recipe_fields_on_and_the_rest_off():
     assert Variant.parse("ours:levers=dedup+group").overrides == {
-        "dedup_vision": True, "group_micro_batches": True, "process_images_once": False, "compile_generation": False}
+        "dedup_vision": True, "group_micro_batches": True, "process_images_once": False, "compile_generation": False,
+        "send_images_once": False, "rope_index_once": False}
     assert set(Variant.parse("ours:levers=all").overrides.values()) == {True}
     assert set(Variant.parse("r1v:levers=none").overrides.values()) == {False}
     assert Variant.parse("ours").overrides == {}  # the recipe's defaults
     with pytest.raises(ValueError, match="unknown lever"):
         Variant.parse("ours:levers=dedup+fast")
+    assert Variant.parse("ours:precision=fp32-autocast").precision == "fp32-autocast"
+    with pytest.raises(ValueError, match="precision"):
+        Variant.parse("ours:precision=fp16")
 
 
 def test_lever_fields_exist_in_the_recipe_arguments():
@@ -142,3 +147,85 @@ def test_harness_measures_one_step_of_each_style(tmp_path, tiny_model_dir):
             assert summary[key] > 0, key
         assert result["peak_memory_bytes"] > 0 and result["speedup"] > 0
         assert len(result["steps"]) == 1
+
+
+def test_master_weights_follow_fp32_adamw_while_the_model_computes_in_bf16():
+    """precision=bf16: the update an fp32 AdamW makes at lr 1e-6, which bf16 weights alone would round
+    away, lands in the fp32 masters bit for bit, and the bf16 weights are the masters rounded."""
+    import torch
+
+    torch.manual_seed(0)
+    start = torch.randn(64) + 4.0  # |w| ~ 4: bf16 steps of 2^-5 there, far above 1e-6
+    reference = torch.nn.Parameter(start.clone())
+    plain = torch.optim.AdamW([reference], lr=1e-6)
+    weights = torch.nn.Parameter(start.to(torch.bfloat16))
+    optimizer = MasterWeightAdamW([{"params": [weights]}], masters={id(weights): start.clone()}, lr=1e-6)
+    for _ in range(5):
+        gradient = torch.randn(64).to(torch.bfloat16).float()  # bf16-exact: both optimizers see the same
+        reference.grad, weights.grad = gradient.clone(), gradient.to(torch.bfloat16)
+        plain.step()
+        optimizer.step()
+    master = optimizer.pairs[0][1]
+    # The same gradients give the same fp32 trajectory, which moved ...
+    assert torch.equal(master, reference.detach()) and not torch.equal(master, start)
+    assert torch.equal(weights.detach(), master.to(torch.bfloat16))
+    # ... while plain AdamW on the bf16 weights themselves would not have moved them at all.
+    bf16_only = torch.nn.Parameter(start.to(torch.bfloat16))
+    alone = torch.optim.AdamW([bf16_only], lr=1e-6)
+    bf16_only.grad = torch.ones(64, dtype=torch.bfloat16)
+    alone.step()
+    assert torch.equal(bf16_only.detach(), start.to(torch.bfloat16))
+
+
+def test_mfu_counts_each_prompts_image_once_per_pass_and_no_recomputation():
+    params = {"decoder": 1000, "lm_head": 100, "text_layers": 2, "text_attention_dim": 8}
+    step = {"prompt_tokens": 40, "completion_tokens": 8, "sequence_tokens_squared": 200,
+            "needed_vision_forward": 50.0,  # each prompt's image once, one forward
+            "vision_flops": 8 * 50.0 * (1 + 1 + 3), "vision_grad_forward": 8 * 50.0}  # 8 copies a pass
+    language = 2 * (1000 * 48 + 100 * 8) + 2 * 2 * 8 * 200
+    assert needed_flops(step, params, passes=5) == 5 * (language + 50.0)
+    assert step_flops(step, params, passes=5) == 5 * language + 8 * 50.0 * 5
+    # Gradient checkpointing runs the policy forward again: executed, not needed.
+    assert step_flops(step, params, passes=5, recompute=True) == 6 * language + 8 * 50.0 * 6
+
+
+def test_gpu_script_dry_run_runs_the_whole_plan_on_the_tiny_model_and_prints_every_column(tmp_path):
+    """`bash bench/gpu.sh --dry-run`: the plan for an H100's free memory, every variant one step on the
+    tiny model on the CPU, the compact table, and the JSON carrying the commit it was given."""
+    import os
+    import subprocess
+    import sys
+
+    from bench.__main__ import COMPACT
+    from bench.gpu_plan import plan
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(root), "OUT": str(tmp_path / "out"),
+           "WORKDIR": str(tmp_path / "work")}
+    done = subprocess.run(["bash", "bench/gpu.sh", "--dry-run", "--commit", "c0ffee1"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "bench_qwen2vl_2b.json").read_text())
+    assert report["commit"] == "c0ffee1"
+    expected = plan(79.2, rollouts=16, generations=8, quick=True)
+    ran = {r["variant"]: r for r in report["results"] if "skipped" not in r}
+    assert list(ran) == expected.variants and len(ran) >= 10
+    assert [r["variant"] for r in report["results"] if "skipped" in r] == [spec for spec, _ in expected.skipped]
+    for spec, result in ran.items():
+        assert "error" not in result, (spec, result.get("error"))
+        # The precision the row names is what the model computed in: bf16 weights (fp32 masters).
+        weights = "bfloat16" if "precision=bf16" in spec else "float32"
+        assert weights in result["peak_source"], spec
+        assert result["settings"]["master_weights"] == ("fp32" if weights == "bfloat16" else None)
+    # The variants differ where they should: dedup + group encode each prompt's image once per pass
+    # (2 prompts: generation 2, reference 2, policy 2); TRL as before encodes every rollout's copy.
+    assert ran[expected.variants[0]]["summary"]["vision_images"] == 6
+    assert ran[expected.before]["summary"]["vision_images"] == 3 * 16
+    assert ran[expected.before]["summary"]["mfu"] < ran[expected.before]["summary"]["executed_utilization"]
+    table = [line for line in done.stdout.splitlines() if line.startswith("|")]
+    assert table[0] == "| " + " | ".join(COMPACT) + " |"
+    rows = {line.split(" | ")[0].removeprefix("| "): line.strip("|").split("|") for line in table[2:]}
+    for spec in expected.variants:
+        cells = [cell.strip() for cell in rows[spec]]
+        assert len(cells) == len(COMPACT) and "-" not in cells and all(cells), (spec, cells)
+    assert all("not run: needs" in "".join(rows[spec]) for spec, _ in expected.skipped)

@@ -1,4 +1,4 @@
-"""The speed levers of issue 12 inside real GRPO steps of the tiny Qwen2-VL: each changes what the
+"""The speed levers inside real GRPO steps of the tiny Qwen2-VL: each changes what the
 vision tower and the image processor receive, never the completions, the loss or the gradient.
 
 One optimizer step per run: 4 prompts x 4 rollouts, two micro-batches of 8, beta 0.04 (so the
@@ -41,6 +41,17 @@ class Recorder(TrainerCallback):
         self.gradient, self.forward_pixels, self.logps = None, [], {"policy": [], "reference": []}
         for name, model in (("policy", trainer.model), ("reference", trainer.ref_model)):
             model.model.visual.register_forward_pre_hook(self._tower(name), with_kwargs=True)
+        self.rope_calls = []  # (input rows, positions) of every get_rope_index call, all passes
+        for model in (trainer.model, trainer.ref_model):
+            inner = model.model
+            rope = inner.get_rope_index
+
+            def recording_rope(*args, _rope=rope, **kwargs):
+                positions, deltas = _rope(*args, **kwargs)
+                self.rope_calls.append((positions.clone(), deltas.clone()))
+                return positions, deltas
+
+            inner.get_rope_index = recording_rope
         self.caches = set()  # KV-cache types the policy's forward was given (generation only)
         trainer.model.register_forward_pre_hook(
             lambda module, args, kwargs: self.caches.add(type(kwargs["cache"]).__name__) if kwargs.get("cache")
@@ -133,6 +144,8 @@ def runs(tiny_model_dir, clevr_train, tmp_path_factory):
         "rollout_shuffle": ("--group_micro_batches", "false"),
         "no_image_once": ("--process_images_once", "false"),
         "compile": ("--compile_generation", "true"),
+        "pixels_on_host": ("--send_images_once", "false"),
+        "rope_per_row": ("--rope_index_once", "false"),
     }
     with pytest.MonkeyPatch.context() as monkeypatch:
         return {name: one_step(tiny_model_dir, clevr_train, tmp_path_factory.mktemp(name), monkeypatch, *levers)
@@ -216,3 +229,72 @@ def test_compile_generation_decodes_with_a_static_cache_and_the_same_completions
     assert default["trainer"].generation_config.disable_compile is True  # off by default: TRL's setting
     assert static["recorder"].completions == default["recorder"].completions
     assert _relative_gradient_error(static["recorder"].gradient, default["recorder"].gradient) < 1e-6
+
+
+def _assert_same_step(a: dict, b: dict) -> None:
+    """Completions, policy and reference log-probs, losses and the step gradient, all bit for bit."""
+    assert a["recorder"].completions == b["recorder"].completions and len(a["recorder"].completions) == 16
+    assert a["losses"] == b["losses"]
+    for part in ("policy", "reference"):
+        assert len(a["recorder"].logps[part]) == len(b["recorder"].logps[part]) > 0
+        assert all(torch.equal(x, y) for x, y in zip(a["recorder"].logps[part], b["recorder"].logps[part]))
+    assert a["recorder"].gradient.keys() == b["recorder"].gradient.keys()
+    assert all(torch.equal(g, b["recorder"].gradient[n]) for n, g in a["recorder"].gradient.items())
+
+
+def test_pixels_are_assembled_on_the_device_from_each_distinct_image_once(tiny_model_dir, clevr_train):
+    """The meta device stands for the GPU: the returned pixel_values are built there, and what is
+    copied there is the distinct images' pixels only."""
+    import json
+
+    from PIL import Image
+
+    from r1v_job.image_work import process_each_image_once
+    from r1v_job.processing import load_processor
+
+    processor = load_processor(str(tiny_model_dir))
+    rows = [json.loads(line) for line in clevr_train.read_text().splitlines()[:2]]
+    scenes = [Image.open(clevr_train.parent / row["image"]).convert("RGB") for row in rows]
+    images = [[scenes[i // 4]] for i in range(8)]  # 2 prompts x 4 rollouts, TRL's layout
+    texts = ["<|vision_start|><|image_pad|><|vision_end|>How many?"] * 8
+    host = processor(images=images, text=texts, padding=True, return_tensors="pt")
+    with process_each_image_once(processor, device="cpu"):
+        same = processor(images=images, text=texts, padding=True, return_tensors="pt")
+    assert torch.equal(same["pixel_values"], host["pixel_values"])
+    moved = []
+    to = torch.Tensor.to
+
+    def recording_to(tensor, *args, **kwargs):
+        out = to(tensor, *args, **kwargs)
+        if out.device.type == "meta" and tensor.device.type == "cpu" and tensor.is_floating_point():
+            moved.append(len(tensor))
+        return out
+
+    torch.Tensor.to = recording_to
+    try:
+        with process_each_image_once(processor, device="meta"):
+            on_device = processor(images=images, text=texts, padding=True, return_tensors="pt")
+    finally:
+        torch.Tensor.to = to
+    assert on_device["pixel_values"].device.type == "meta" and on_device["pixel_values"].shape == host["pixel_values"].shape
+    assert moved == [len(host["pixel_values"]) // 4]  # 2 distinct images' patches, copied once
+
+
+def test_sending_each_image_once_keeps_pixels_completions_and_gradient(runs):
+    once, host = runs["default"], runs["pixels_on_host"]
+    # The pixel values the passes read are the same, bit for bit, built from 4 distinct images.
+    assert torch.equal(once["recorder"].forward_pixels[0], host["recorder"].forward_pixels[0])
+    _assert_same_step(once, host)
+
+
+def test_rope_positions_once_per_layout_keep_positions_completions_and_gradient(runs):
+    once, per_row = runs["default"]["recorder"], runs["rope_per_row"]["recorder"]
+    # The lever ran (its cache holds the step's layouts), and not where it is switched off.
+    assert vars(runs["default"]["trainer"].model.model).get("_r1v_rope_cache")
+    assert "_r1v_rope_cache" not in vars(runs["rope_per_row"]["trainer"].model.model)
+    # Prefill, 2 reference chunks, 2 policy micro-batches: the same positions and deltas in every call.
+    assert len(once.rope_calls) == len(per_row.rope_calls) == 5
+    for (positions, deltas), (expected, expected_deltas) in zip(once.rope_calls, per_row.rope_calls):
+        assert positions.dtype == expected.dtype and torch.equal(positions, expected)
+        assert torch.equal(deltas, expected_deltas)
+    _assert_same_step(runs["default"], runs["rope_per_row"])

@@ -1,4 +1,5 @@
-"""r1v_job.vision_dedup on its own: which images count as the same, and Qwen2.5-VL's tower."""
+"""r1v_job.vision_dedup on its own: which images count as the same, Qwen2.5-VL's tower, and the M-RoPE
+positions computed once per row layout."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from r1v_job.vision_dedup import SAMPLES_PER_IMAGE, disable_vision_dedup, distinct_images, enable_vision_dedup
+from r1v_job.vision_dedup import (
+    SAMPLES_PER_IMAGE,
+    disable_rope_index_once,
+    disable_vision_dedup,
+    distinct_images,
+    enable_rope_index_once,
+    enable_vision_dedup,
+)
 
 
 def test_only_images_with_equal_pixels_are_merged():
@@ -85,3 +93,34 @@ def test_a_deep_copy_encodes_with_its_own_tower(qwen25):
         assert twin.model.get_image_features.__self__ is twin.model
     finally:
         disable_vision_dedup(model)
+
+
+def test_rope_positions_once_per_layout_equal_transformers_with_padding_and_several_images(qwen25):
+    """Qwen2.5-VL (Qwen2-VL in tests/trainer/test_speed_levers.py): rows of different lengths (left
+    padding), one or two images of different sizes per row, repeated layouts."""
+    from transformers import AutoProcessor
+
+    model, batch = qwen25
+    processor = AutoProcessor.from_pretrained(model.name_or_path)
+    small, wide = Image.new("RGB", (56, 56), "red"), Image.new("RGB", (112, 56), "blue")
+    pad = "<|vision_start|><|image_pad|><|vision_end|>"
+    texts = [pad + "Count.", pad + "How many items are there in this scene?", pad + pad + "Both?", pad + "Count."]
+    images = [[small], [wide], [wide, small], [small]]
+    processor.tokenizer.padding_side = "left"
+    rows = processor(images=images, text=texts, padding=True, return_tensors="pt")
+    inputs = {key: rows[key] for key in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw")}
+    expected = model.model.get_rope_index(**inputs)
+    assert enable_rope_index_once(model)
+    try:
+        first, again = model.model.get_rope_index(**inputs), model.model.get_rope_index(**inputs)
+        # Rows 0 and 3 share a layout: 3 layouts computed, then served from the cache.
+        assert len(vars(model.model)["_r1v_rope_cache"]) == 3
+        logits_once = model(**batch).logits
+    finally:
+        disable_rope_index_once(model)
+    for positions, deltas in (first, again):
+        assert positions.dtype == expected[0].dtype and torch.equal(positions, expected[0])
+        assert torch.equal(deltas, expected[1])
+    assert (expected[0][:, 0, 0] == 0).all() and expected[0].amax() > 0  # row 0 is padded: zeros there
+    assert torch.equal(logits_once, model(**batch).logits)
+    assert "get_rope_index" not in vars(model.model)
