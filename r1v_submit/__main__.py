@@ -3,14 +3,19 @@
     python -m r1v_submit --release exp1 -n r1v --set nodes=2 --set storage.existingClaim=r1v-data
     python -m r1v_submit --release exp2 -n r1v -f my-values.yaml --set jobKind=TrainJob --dry-run
 
-Values work as with `helm install` (it is Helm's code): the chart's values.yaml, each -f file,
-then --set-json, --set, --set-string, in Helm's --set grammar; values.schema.json rejects typos
-and bad types naming the key. The chart is rendered by Helm's engine against the cluster's API
-versions, and every object it renders (claim, recipe, scripts, RBAC, Service, the PyTorchJob or
-TrainJob, the evaluation and data-prep Jobs, monitors where the cluster serves them; not the
-`helm test` hook) is created in the namespace. There is no Helm release: delete the objects by
-label app.kubernetes.io/instance=RELEASE. It then follows the rank-0 pod's log and exits 0 when
-training succeeds, 1 when it fails, 2 on bad values or arguments.
+Values work as with `helm install` (it is Helm's code): the chart's values.yaml, each -f file
+(Helm's values reader), then every --set-json, --set and --set-string expression parsed by Helm's
+strvals parser into that one map, in Helm's order, so `--set a[1]=x` updates a list an -f file or an
+earlier flag made; values.schema.json rejects typos and bad types naming the key. The chart is
+rendered by Helm's engine against the cluster's API versions, then every object's current state is
+read before anything is written: an existing training or evaluation job refuses the submission
+and nothing is changed. Every object the chart renders (claim, recipe, scripts, RBAC, Service, the
+PyTorchJob or TrainJob, the evaluation and data-prep Jobs, monitors where the cluster serves them;
+not the `helm test` hook) is then created in the namespace (an existing claim kept, other existing
+objects merge-patched). There is no Helm release: delete the objects by label
+app.kubernetes.io/instance=RELEASE. It then follows the rank-0 pod's log and exits 0 when training
+succeeds, 1 when it fails, 2 on bad values or arguments, a missing kubeconfig, an unreachable API
+server or a refusal (403), each in one line.
 """
 
 from __future__ import annotations
@@ -58,15 +63,21 @@ def rendered_objects(a, namespace: str, api_versions: list[str]) -> tuple[list[d
 
 
 def connect(kubeconfig: str | None, context: str | None):
-    """A kubernetes Configuration: the kubeconfig (or $KUBECONFIG, ~/.kube/config), else in-cluster."""
+    """A kubernetes Configuration: the kubeconfig (or $KUBECONFIG, ~/.kube/config), else in-cluster;
+    neither is a SubmitError in one line."""
     from kubernetes import client, config
 
     try:
         config.load_kube_config(config_file=kubeconfig, context=context)
-    except config.ConfigException:
+    except (config.ConfigException, OSError) as e:
         if kubeconfig or context:
-            raise
-        config.load_incluster_config()
+            raise SubmitError(f"kubeconfig {kubeconfig or '(default)'}"
+                              f"{f' context {context}' if context else ''}: {' '.join(str(e).split())}") from e
+        try:
+            config.load_incluster_config()
+        except config.ConfigException as in_pod:
+            raise SubmitError("no kubeconfig (--kubeconfig, $KUBECONFIG or ~/.kube/config) and not in a pod "
+                              f"({' '.join(str(in_pod).split())}); point --kubeconfig at the cluster") from in_pod
     return client.Configuration.get_default_copy()
 
 
@@ -102,8 +113,11 @@ def main(argv: list[str] | None = None, configuration=None) -> int:
         cluster = Cluster(client.ApiClient(cfg), TrainingClient(client_configuration=cfg, namespace=namespace))
         objects, notes = rendered_objects(a, namespace, cluster.api_versions())
         job = next(o for o in objects if o["kind"] in ("PyTorchJob", "TrainJob"))
+        # All or nothing: values, schema, rendering and every object's current state are checked
+        # before the first write.
+        exists = cluster.plan(objects, namespace)
         for obj in in_order(objects):
-            outcome = cluster.create(obj, namespace)
+            outcome = cluster.create(obj, namespace, exists[obj["kind"], obj["metadata"]["name"]])
             print(f"{obj['kind']} {obj['metadata'].get('namespace', namespace)}/{obj['metadata']['name']} {outcome}",
                   flush=True)
         kind, name = job["kind"], job["metadata"]["name"]

@@ -19,8 +19,8 @@ class SubmitError(Exception):
 
 
 def merge(base: dict, override: dict) -> dict:
-    """Helm's merging of user values (-f files, then --set): maps merge key by key, anything else
-    is replaced; null stays, so that rendering deletes the chart's default (Helm's coalescing)."""
+    """Helm's merging of -f files (its mergeMaps): maps merge key by key, anything else is replaced;
+    null stays, so that rendering deletes the chart's default (Helm's coalescing)."""
     out = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
@@ -30,27 +30,85 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
+# Helm parses every --set-json, --set and --set-string into the one map the -f files made, in that
+# order (strvals.ParseJSON/ParseInto/ParseIntoString on the same map): a later expression updates a
+# list index or a nested key of what came before instead of replacing it. helm-python-sdk exposes
+# each parser on a fresh map only, so the map so far is written in front of the expression, in the
+# same grammar, as one assignment per leaf whose value is a unique placeholder string; Helm's own
+# parser then reads the whole line into one map, and the placeholders get their values back.
+# Empty maps and lists under a key are left out and restored where nothing replaced them (to Helm,
+# an absent map and an empty one take the same updates).
+_SPECIAL = set("\\.[]=,{}")
+
+
+def _key(k: str) -> str:
+    return "".join("\\" + c if c in _SPECIAL else c for c in str(k))
+
+
+def _prefix(tree, json_values: bool, placeholders: dict, path: str = "") -> list[str]:
+    out = []
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+    for k, v in items:
+        sub = f"{path}[{k}]" if isinstance(tree, list) else (f"{path}.{_key(k)}" if path else _key(k))
+        if isinstance(v, (dict, list)) and v:
+            out += _prefix(v, json_values, placeholders, sub)
+        elif isinstance(v, (dict, list)) and isinstance(tree, dict):
+            continue  # restored afterwards (see above)
+        else:
+            token = f"r1vplaceholder{len(placeholders)}x{id(placeholders)}"
+            placeholders[token] = v
+            out.append(f"{sub}={json.dumps(token) if json_values else token}")
+    return out
+
+
+def _restore(node, base, placeholders: dict):
+    if isinstance(node, str) and node in placeholders:
+        return placeholders[node]
+    if isinstance(node, list):
+        return [_restore(v, None, placeholders) for v in node]
+    if isinstance(node, dict):
+        out = {k: _restore(v, None, placeholders) for k, v in node.items()}
+        for k, v in (base or {}).items():
+            if k not in out and isinstance(v, (dict, list)) and not v:
+                out[k] = type(v)()
+            elif isinstance(v, dict) and isinstance(out.get(k), dict):
+                out[k] = _restore(out[k], v, {})
+        return out
+    return node
+
+
+def parse_into(values: dict, expression: str, parse, json_values: bool) -> dict:
+    """Helm's strvals.ParseInto(expression, values) with the SDK's parser `parse` (a new map)."""
+    placeholders: dict = {}
+    prefix = _prefix(values, json_values, placeholders)
+    if not prefix:
+        return _restore(parse(expression), values, placeholders) if values else parse(expression)
+    return _restore(parse(",".join(prefix) + "," + expression), values, placeholders)
+
+
 def user_values(files: list[Path] = (), sets: list[str] = (), set_strings: list[str] = (),
                 set_jsons: list[str] = ()) -> dict:
-    """The values a `helm install -f ... --set-json ... --set ... --set-string ...` passes, merged in
-    Helm's order; each expression is parsed by Helm's own strvals parser."""
+    """The values a `helm install -f ... --set-json ... --set ... --set-string ...` passes: each -f
+    file read by Helm's own values reader and merged in order, then every --set-json, --set and
+    --set-string expression parsed by Helm's own strvals parser into that one map, in Helm's order."""
     values: dict[str, Any] = {}
     for f in files:
         try:
-            loaded = yaml.safe_load(Path(f).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise SubmitError(f"-f {f}: {e}".splitlines()[0]) from e
-        if not isinstance(loaded, dict):
-            raise SubmitError(f"-f {f}: a values file must hold a map, not {type(loaded).__name__}")
-        values = merge(values, loaded)
-    for flag, parse, expressions in (("--set-json", helm.parse_set_json, set_jsons),
-                                     ("--set", helm.parse_set_string, sets),
-                                     ("--set-string", helm.parse_set_string_values, set_strings)):
+            loaded = helm.values_from_yaml(Path(f).read_text())
+        except OSError as e:
+            raise SubmitError(f"-f {f}: {e.strerror or e}") from e
+        except helm.HelmError as e:
+            raise SubmitError(f"-f {f}: {' '.join(str(e).split())}") from e
+        values = merge(values, loaded or {})
+    for flag, parse, json_values, expressions in (
+            ("--set-json", helm.parse_set_json, True, set_jsons),
+            ("--set", helm.parse_set_string, False, sets),
+            ("--set-string", helm.parse_set_string_values, False, set_strings)):
         for expr in expressions:
             try:
-                values = merge(values, parse(expr))
+                values = parse_into(values, expr, parse, json_values)
             except helm.HelmError as e:
-                raise SubmitError(f"{flag} {expr}: {e}") from e
+                raise SubmitError(f"{flag} {expr}: {' '.join(str(e).split())}") from e
     return values
 
 
