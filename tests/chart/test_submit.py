@@ -463,3 +463,41 @@ def test_a_bad_values_file_is_one_line_naming_it(tmp_path, capsys):
     assert submit.main(["-f", str(tmp_path / "v.yaml"), "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: -f {tmp_path / 'v.yaml'}: ") and len(err.strip().splitlines()) == 1, err
+
+
+def test_trainer_client_starts_a_run_on_the_charts_runtime():
+    """Kubeflow SDK 0.5's TrainerClient.train on the chart's TrainingRuntime, the trainer block taken
+    from the chart's own TrainJob (docs/operations.md, "TrainerClient"). The SDK does not install
+    beside kubeflow-training (its regular `kubeflow` package hides `kubeflow.training`), so this runs
+    only where it is importable (a scratch venv)."""
+    pytest.importorskip("kubeflow.trainer", reason="kubeflow SDK 0.5 is not installed: it cannot share a venv "
+                                                   "with kubeflow-training 1.9.4 (docs/operations.md)")
+    from kubeflow.common.types import KubernetesBackendConfig
+    from kubeflow.trainer import CustomTrainerContainer, TrainerClient
+    from kubeflow.trainer.options import TrainerArgs, TrainerCommand
+
+    from r1v_submit import chart
+
+    objects = chart.objects(chart.render(chart.user_values(sets=["jobKind=TrainJob", "runName=exp-2"]),
+                                         release="exp", namespace="r1v"))
+    runtime = only(objects, "TrainingRuntime")
+    want = only(objects, "TrainJob")["spec"]["trainer"]
+    fake = FakeKubernetes()
+    try:
+        fake.emulator.objects[kmock.resource("trainer.kubeflow.org", "v1alpha1", "trainingruntimes"), "r1v",
+                              "exp-r1v"] = {**runtime, "metadata": {**runtime["metadata"], "namespace": "r1v"}}
+        client = TrainerClient(backend_config=KubernetesBackendConfig(namespace="r1v",
+                                                                      client_configuration=fake.configuration()))
+        requests = want["resourcesPerNode"]["requests"]
+        name = client.train(runtime=client.get_runtime("exp-r1v"), trainer=CustomTrainerContainer(
+            image=want["image"], num_nodes=want["numNodes"],
+            resources_per_node={"gpu": requests["nvidia.com/gpu"], "cpu": requests["cpu"], "memory": requests["memory"]},
+            env={**{e["name"]: e["value"] for e in want["env"] if "value" in e}, "POD_NAMESPACE": "r1v"}),
+            options=[TrainerCommand(command=want["command"]), TrainerArgs(args=want["args"])])
+        got = dict(fake.emulator.objects[TRAINJOBS, "r1v", name].raw)["spec"]
+    finally:
+        fake.close()
+    assert got["runtimeRef"]["name"] == "exp-r1v"
+    assert [got["trainer"][k] for k in ("image", "command", "args", "numNodes")] == \
+        [want[k] for k in ("image", "command", "args", "numNodes")]
+    assert "/data/runs/exp-2" in got["trainer"]["args"]
