@@ -43,6 +43,8 @@ def parse_args(argv):
     p.add_argument("--set-json", dest="set_jsons", action="append", default=[], metavar="KEY=JSON")
     p.add_argument("--api-versions", action="append", default=[], metavar="GROUP/VERSION",
                    help="with --dry-run: API versions the cluster serves (as `helm template --api-versions`)")
+    p.add_argument("--kube-version", default=None, metavar="VERSION",
+                   help="with --dry-run: the cluster's Kubernetes version (as `helm template --kube-version`)")
     p.add_argument("--kubeconfig", default=None)
     p.add_argument("--context", default=None)
     p.add_argument("--dry-run", action="store_true", help="print the objects as YAML and submit nothing")
@@ -50,9 +52,10 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def rendered_objects(a, namespace: str, api_versions: list[str]) -> tuple[list[dict], str]:
+def rendered_objects(a, namespace: str, api_versions: list[str], kube_version: str | None) -> tuple[list[dict], str]:
     values = chart.user_values(a.values, a.sets, a.set_strings, a.set_jsons)
-    rendered = chart.render(values, release=a.release, namespace=namespace, chart=a.chart, api_versions=api_versions)
+    rendered = chart.render(values, release=a.release, namespace=namespace, chart=a.chart, api_versions=api_versions,
+                            kube_version=kube_version)
     objects = chart.objects(rendered)
     for obj in objects:
         # Rendered by Helm's engine, but no Helm release owns them.
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None, configuration=None) -> int:
     try:
         # In a checkout Helm's loader notes each followed recipe link on stderr; stdout stays YAML.
         if a.dry_run:
-            objects, _ = rendered_objects(a, a.namespace or "default", a.api_versions)
+            objects, _ = rendered_objects(a, a.namespace or "default", a.api_versions, a.kube_version)
             yaml.safe_dump_all(objects, sys.stdout, sort_keys=False)
             return 0
         from kubeflow.training import TrainingClient
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None, configuration=None) -> int:
         cfg = configuration if configuration is not None else connect(a.kubeconfig, a.context)
         namespace = a.namespace or default_namespace(a.kubeconfig, a.context)
         cluster = Cluster(client.ApiClient(cfg), TrainingClient(client_configuration=cfg, namespace=namespace))
-        objects, notes = rendered_objects(a, namespace, cluster.api_versions())
+        objects, notes = rendered_objects(a, namespace, cluster.api_versions(), cluster.kube_version())
         job = next(o for o in objects if o["kind"] in ("PyTorchJob", "TrainJob"))
         # All or nothing: values, schema, rendering and every object's current state are checked
         # before the first write.

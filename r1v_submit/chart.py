@@ -113,11 +113,14 @@ def user_values(files: list[Path] = (), sets: list[str] = (), set_strings: list[
 
 
 def helm_render(loaded: helm.Chart, values: dict, *, release: str, namespace: str,
-                api_versions: list[str] = ()) -> dict[str, str]:
+                api_versions: list[str] = (), kube_version: str | None = None) -> dict[str, str]:
     """Template path -> manifest, as `helm install` renders them against a cluster that serves
-    api_versions (its discovery, "group/version"; the chart's .Capabilities checks read them).
+    api_versions (its discovery, "group/version") and runs kube_version (the chart's .Capabilities
+    checks read them).
     Raises Helm's own errors (HelmValuesError names the key the schema rejects)."""
     opts = {"name": release, "namespace": namespace, "is_install": True, "api_versions": list(api_versions)}
+    if kube_version:  # .Capabilities.KubeVersion; Helm's default (its client library's) otherwise
+        opts["kube_version"] = kube_version
     # helm-python-sdk 0.2.2's Chart.render does not pass api_versions on; its native helm_render
     # takes them in the same options object (Helm's chartutil capabilities).
     from helm_python import _native
@@ -126,7 +129,7 @@ def helm_render(loaded: helm.Chart, values: dict, *, release: str, namespace: st
 
 
 def render(values: dict, *, release: str, namespace: str, chart: Path = CHART,
-           api_versions: list[str] = ()) -> dict[str, str]:
+           api_versions: list[str] = (), kube_version: str | None = None) -> dict[str, str]:
     """helm_render of the chart directory, with every refusal as one SubmitError line."""
     try:
         helm.validate_release_name(release)
@@ -134,7 +137,8 @@ def render(values: dict, *, release: str, namespace: str, chart: Path = CHART,
         raise SubmitError(f"--release {release!r}: {e}") from e
     try:
         with helm.Chart.load(str(chart)) as loaded:
-            return helm_render(loaded, values, release=release, namespace=namespace, api_versions=api_versions)
+            return helm_render(loaded, values, release=release, namespace=namespace, api_versions=api_versions,
+                               kube_version=kube_version)
     except (helm.HelmValuesError, helm.HelmRenderError) as e:
         raise SubmitError(" ".join(str(e).split())) from e
     except helm.HelmError as e:

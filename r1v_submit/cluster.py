@@ -65,6 +65,19 @@ class Cluster:
             found += [v.group_version for v in group.versions]
         return found
 
+    def kube_version(self) -> str:
+        """The API server's version (gitVersion), Helm's .Capabilities.KubeVersion."""
+        from kubernetes.client.rest import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return self._call("GET", "/version")["gitVersion"]
+        except ApiException as e:
+            raise SubmitError(f"API server {self.api.configuration.host}: {e.status} {e.reason}: {_message(e)}") from e
+        except HTTPError as e:
+            raise SubmitError(f"cannot reach the API server at {self.api.configuration.host}: "
+                              f"{' '.join(str(getattr(e, 'reason', None) or e).split())}") from e
+
     def _call(self, method: str, path: str, body=None, content_type: str = "application/json"):
         return self.api.call_api(path, method, body=body, header_params={"Content-Type": content_type,
                                                                           "Accept": "application/json"},

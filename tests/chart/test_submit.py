@@ -134,6 +134,8 @@ def cluster():
                "preferredVersion": {"groupVersion": gv, "version": gv.split("/")[1]}}
               for gv in ["batch/v1", "rbac.authorization.k8s.io/v1", *ALL_APIS]]
     fake.emulator["get /apis/"] << {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+    # kmock says v1.26.4; a Trainer v2.3 cluster runs 1.31 or newer.
+    fake.emulator["get /version"] << {"major": "1", "minor": "31", "gitVersion": "v1.31.4"}
     yield fake
     fake.close()
 
@@ -501,3 +503,23 @@ def test_trainer_client_starts_a_run_on_the_charts_runtime():
     assert [got["trainer"][k] for k in ("image", "command", "args", "numNodes")] == \
         [want[k] for k in ("image", "command", "args", "numNodes")]
     assert "/data/runs/exp-2" in got["trainer"]["args"]
+
+
+def test_the_clusters_kubernetes_version_decides_what_renders(cluster, capsys):
+    """.Capabilities.KubeVersion is the API server's, as for `helm install`: a TrainJob needs 1.31."""
+    old = FakeKubernetes()
+    try:
+        old.emulator["get /version"] << {"major": "1", "minor": "29", "gitVersion": "v1.29.7"}
+        old.emulator["get /apis/"] << {"kind": "APIGroupList", "apiVersion": "v1", "groups": []}
+        assert submit.main(["--release", "exp", "-n", "ns", "--set", "jobKind=TrainJob"],
+                           configuration=old.configuration()) == 2
+        err = capsys.readouterr().err
+        assert "jobKind=TrainJob needs Kubernetes 1.31 or newer" in err and "v1.29.7" in err, err
+        assert _writes(old) == []
+    finally:
+        old.close()
+    assert submit.main(["--set", "jobKind=TrainJob", "--kube-version", "1.30.2", "--dry-run"]) == 2
+    assert "this cluster is v1.30.2" in capsys.readouterr().err
+    assert submit.main(["--kube-version", "1.26.0", "--dry-run"]) == 2
+    assert "Kubernetes v1.26.0: this chart needs >=1.27.0-0" in capsys.readouterr().err
+    dry_run(capsys, ["--set", "jobKind=TrainJob", "--kube-version", "1.31.0"])

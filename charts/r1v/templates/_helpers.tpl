@@ -349,10 +349,18 @@ render, naming both. (The seed is flat, one key a line: tests/chart/test_chart_r
 {{- end }}
 
 {{/*
-Checks a schema cannot express, each failing the render in one line naming the value: paths every
-pod must find on the shared volume, and GPU counts set twice.
+Checks a schema cannot express, each failing the render in one line naming the value: the
+Kubernetes version each job kind needs (.Capabilities: the cluster's under `helm install` and
+r1v_submit), paths every pod must find on the shared volume, and GPU counts set twice.
 */}}
 {{- define "r1v.checkValues" -}}
+{{- $kube := .Capabilities.KubeVersion.Version }}
+{{- if and .Chart.KubeVersion (not (semverCompare .Chart.KubeVersion $kube)) }}
+{{- fail (printf "Kubernetes %s: this chart needs %s" $kube .Chart.KubeVersion) }}
+{{- end }}
+{{- if and (eq .Values.jobKind "TrainJob") (semverCompare "<1.31.0-0" $kube) }}
+{{- fail (printf "jobKind=TrainJob needs Kubernetes 1.31 or newer (Kubeflow Trainer v2.3 and JobSet), this cluster is %s: use jobKind=PyTorchJob (1.27+) or a newer cluster" $kube) }}
+{{- end }}
 {{- $root := include "r1v.dataRoot" . }}
 {{- $paths := dict "model.path" .Values.model.path "dataset.path" .Values.dataset.path "superclevr.dir" .Values.superclevr.dir }}
 {{- range $key := keys $paths | sortAlpha }}
