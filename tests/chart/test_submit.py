@@ -433,6 +433,8 @@ ACROSS_FLAGS = [  # (values file, --set-json, --set, --set-string) -> what Helm'
     ("", ["l=[1,2]"], [], ["l[0]=x"], {"l": ["x", 2]}),
     ("", ["x=2"], ["x=1"], [], {"x": 1}),  # --set after --set-json, whatever the command line's order
     ("x: [a, b, c]\n", [], ["x={d}"], [], {"x": ["d"]}),  # a list literal replaces the list
+    ("sel:\n  nvidia.com/gpu.product: H100\n  'a=b,c[0]': '{x,y}'\n  back\\slash: 1.0e-6\n", [], ["sel.k=v"], [],
+     {"sel": {"nvidia.com/gpu.product": "H100", "a=b,c[0]": "{x,y}", "back\\slash": 1e-06, "k": "v"}}),
     ("env:\n  - name: A\n    value: a\n", [], ["env[0].value=b", "env[1].name=B"], ["env[1].value=2"],
      {"env": [{"name": "A", "value": "b"}, {"name": "B", "value": "2"}]}),
 ]
