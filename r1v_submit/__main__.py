@@ -134,6 +134,14 @@ def main(argv: list[str] | None = None, configuration=None) -> int:
     except SubmitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # the API server refusing or vanishing while following: one line, not a traceback
+        from kubernetes.client.rest import ApiException
+        from urllib3.exceptions import HTTPError
+
+        if not isinstance(e, (ApiException, HTTPError)):
+            raise
+        print(f"error: {type(e).__name__}: {' '.join(str(getattr(e, 'reason', None) or e).split())}", file=sys.stderr)
+        return 2
 
 
 def cli() -> None:

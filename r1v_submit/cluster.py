@@ -85,8 +85,9 @@ class Cluster:
 
     def plan(self, objects: list[dict], namespace: str) -> dict[tuple[str, str], bool]:
         """Reads every object before anything is written: (kind, name) -> whether it exists. A job
-        that exists already refuses the whole submission, so a refused submission writes nothing
-        (the running job's recipe, scripts and RBAC stay as they are)."""
+        that exists already, or a create/patch the identity's RBAC does not allow, refuses the whole
+        submission, so a refused submission writes nothing (the running job's recipe, scripts and
+        RBAC stay as they are)."""
         from kubernetes.client.rest import ApiException
 
         exists = {}
@@ -105,7 +106,36 @@ class Cluster:
             also = f" (and {', '.join(t for _, t in taken[1:])})" if len(taken) > 1 else ""
             raise SubmitError(f"{taken[0][1]} already exists{also}: one release is one run; nothing was changed. Pick another "
                               "--release (or set runName), or delete it first (docs/operations.md, \"Run again\")")
+        for obj in objects:
+            self._check_allowed(obj, namespace, "patch" if exists[obj["kind"], obj["metadata"]["name"]] else "create")
         return exists
+
+    def _check_allowed(self, obj: dict, namespace: str, verb: str) -> None:
+        """Asks the API server (SelfSubjectAccessReview) whether this identity may `verb` the object's
+        kind, so that a missing RBAC permission refuses the submission before the first write. A
+        server without the authorization API, or a claim that is kept, is not asked."""
+        from kubernetes.client.rest import ApiException
+
+        if obj["kind"] == "PersistentVolumeClaim" and verb == "patch":
+            return
+        ns = obj["metadata"].get("namespace", namespace)
+        group = obj["apiVersion"].rpartition("/")[0]
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                  "spec": {"resourceAttributes": {"namespace": ns, "verb": verb, "group": group,
+                                                  "resource": PLURALS[obj["kind"]]}}}
+        try:
+            answer = self._call("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review)
+        except ApiException as e:
+            if e.status in (404, 405):
+                return
+            raise SubmitError(f"asking whether this identity may {verb} {PLURALS[obj['kind']]} in {ns}: "
+                              f"{e.status} {e.reason}: {_message(e)}") from e
+        status = (answer or {}).get("status") or {}
+        if status.get("allowed") is False or status.get("denied"):
+            why = status.get("reason") or "no RBAC rule allows it"
+            raise SubmitError(f"this identity may not {verb} {PLURALS[obj['kind']]}"
+                              f"{'.' + group if group else ''} in namespace {ns} ({why}): nothing was changed; "
+                              "ask for a Role that allows it, or submit with another --kubeconfig/--context")
 
     def create(self, obj: dict, namespace: str, exists: bool = False) -> str:
         """Creates obj; returns "created", "kept" (an existing claim: data and checkpoints stay) or

@@ -136,6 +136,16 @@ def cluster():
     fake.emulator["get /apis/"] << {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
     # kmock says v1.26.4; a Trainer v2.3 cluster runs 1.31 or newer.
     fake.emulator["get /version"] << {"major": "1", "minor": "31", "gitVersion": "v1.31.4"}
+    # RBAC as the API server answers a SelfSubjectAccessReview: all allowed but what a test denies.
+    fake.denied = set()
+
+    def review(request):
+        for key in [k for k in fake.emulator.objects if k[0].plural == "selfsubjectaccessreviews"]:
+            del fake.emulator.objects[key]  # kmock stores it like any POST; an API server answers and keeps nothing
+        asked = request.data["spec"]["resourceAttributes"]
+        allowed = (asked["verb"], asked["resource"]) not in fake.denied
+        return {**request.data, "status": {"allowed": allowed, **({} if allowed else {"reason": "RBAC: no rule"})}}
+    fake.emulator["post /apis/authorization.k8s.io/v1/selfsubjectaccessreviews"] << review
     yield fake
     fake.close()
 
@@ -256,7 +266,8 @@ def _snapshot(cluster) -> dict:
 
 
 def _writes(cluster) -> list[str]:
-    return [f"{r.method} {r.url}" for r in cluster.emulator if r.method in ("POST", "PUT", "PATCH", "DELETE")]
+    return [f"{r.method} {r.url}" for r in cluster.emulator if r.method in ("POST", "PUT", "PATCH", "DELETE")
+            and "selfsubjectaccessreviews" not in str(r.url)]  # a question, not a write
 
 
 def test_a_refused_resubmission_leaves_every_existing_object_byte_identical(cluster, capsys):
@@ -305,6 +316,24 @@ def test_a_refusing_api_server_is_one_line_exit_2_and_nothing_written(cluster, c
         assert _writes(forbidding) == []
     finally:
         forbidding.close()
+
+
+def test_a_write_rbac_does_not_allow_refuses_the_submission_before_the_first_write(cluster, capsys):
+    cluster.denied.add(("create", "roles"))  # a common gap: an identity that may not create RBAC
+    assert submit.main(["--release", "exp", "-n", "ns", "--no-follow"], configuration=cluster.configuration()) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: this identity may not create roles.rbac.authorization.k8s.io in namespace ns") and \
+        "nothing was changed" in err and len(err.strip().splitlines()) == 1, err
+    assert _writes(cluster) == [] and not list(cluster.emulator.objects)
+    cluster.denied.clear()
+    cluster.denied.add(("patch", "configmaps"))  # a resubmission may update the recipe only where RBAC allows it
+    assert submit.main(["--release", "exp", "-n", "ns", "--no-follow"], configuration=cluster.configuration()) == 0
+    del cluster.emulator.objects[PYTORCHJOBS, "ns", "exp-r1v"]
+    del cluster.emulator.objects[kmock.resource("batch", "v1", "jobs"), "ns", "exp-r1v-eval"]
+    before = _snapshot(cluster)
+    assert submit.main(["--release", "exp", "-n", "ns", "--no-follow"], configuration=cluster.configuration()) == 2
+    assert "may not patch configmaps in namespace ns" in capsys.readouterr().err
+    assert _snapshot(cluster) == before
 
 
 def test_no_kubeconfig_or_an_unreachable_server_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
