@@ -172,3 +172,18 @@ def test_durations_accept_what_prometheus_accepts(duration, seconds):
 def test_durations_prometheus_refuses_are_refused(duration):
     with pytest.raises(helm.HelmValuesError, match="after"):
         render({"monitoring": {"rules": {"stalled": {"after": duration}}}})
+
+
+def test_compound_durations_give_rules_prometheus_loads(tmp_path):
+    import shutil
+    import subprocess
+
+    if not shutil.which("promtool"):
+        pytest.skip("promtool not installed (Debian's prometheus package)")
+    rule = only(render({"monitoring": {"interval": "1m30s", "rules": {
+        "stalled": {"after": "1h30m"}, "restarts": {"window": "1d"}, "scoresMissing": {"after": "1w"}}}}),
+        "PrometheusRule")
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
+    checked = subprocess.run(["promtool", "check", "rules", str(tmp_path / "rules.yaml")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "[1d]" in yaml.safe_dump(rule["spec"]).replace("\n", " ")
