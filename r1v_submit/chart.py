@@ -35,10 +35,12 @@ def merge(base: dict, override: dict) -> dict:
 # list index or a nested key of what came before instead of replacing it. helm-python-sdk exposes
 # each parser on a fresh map only, so the map so far is written in front of the expression, in the
 # same grammar, as one assignment per leaf whose value is a unique placeholder string; Helm's own
-# parser then reads the whole line into one map, and the placeholders get their values back.
-# Empty maps and lists under a key are left out and restored where nothing replaced them (to Helm,
-# an absent map and an empty one take the same updates).
+# parser then reads the whole line into one map, and the placeholders get their values back. An
+# empty map is written as a map holding one marker key (dropped afterwards), so that a later
+# `--set a.b=1` still finds a map there; an empty list is a leaf (`--set a[0]=x` onto an empty list
+# from -f is then refused as Helm refuses a string there, never merged wrongly).
 _SPECIAL = set("\\.[]=,{}")
+_MARK = object()
 
 
 def _key(k: str) -> str:
@@ -46,44 +48,40 @@ def _key(k: str) -> str:
 
 
 def _prefix(tree, json_values: bool, placeholders: dict, path: str = "") -> list[str]:
+    def leaf(where: str, value) -> str:
+        token = f"r1vplaceholder{len(placeholders)}x{id(placeholders)}"
+        placeholders[token] = value
+        return f"{where}={json.dumps(token) if json_values else token}"
+
+    if isinstance(tree, dict) and not tree:
+        return [leaf(f"{path}.{_key(_marker(placeholders))}", _MARK)]
     out = []
-    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
-    for k, v in items:
+    for k, v in (tree.items() if isinstance(tree, dict) else enumerate(tree)):
         sub = f"{path}[{k}]" if isinstance(tree, list) else (f"{path}.{_key(k)}" if path else _key(k))
-        if isinstance(v, (dict, list)) and v:
-            out += _prefix(v, json_values, placeholders, sub)
-        elif isinstance(v, (dict, list)) and isinstance(tree, dict):
-            continue  # restored afterwards (see above)
-        else:
-            token = f"r1vplaceholder{len(placeholders)}x{id(placeholders)}"
-            placeholders[token] = v
-            out.append(f"{sub}={json.dumps(token) if json_values else token}")
+        out += _prefix(v, json_values, placeholders, sub) if isinstance(v, dict) or (isinstance(v, list) and v) \
+            else [leaf(sub, v)]
     return out
 
 
-def _restore(node, base, placeholders: dict):
+def _marker(placeholders: dict) -> str:
+    return f"r1vmarker{id(placeholders)}"
+
+
+def _restore(node, placeholders: dict):
     if isinstance(node, str) and node in placeholders:
         return placeholders[node]
     if isinstance(node, list):
-        return [_restore(v, None, placeholders) for v in node]
+        return [_restore(v, placeholders) for v in node]
     if isinstance(node, dict):
-        out = {k: _restore(v, None, placeholders) for k, v in node.items()}
-        for k, v in (base or {}).items():
-            if k not in out and isinstance(v, (dict, list)) and not v:
-                out[k] = type(v)()
-            elif isinstance(v, dict) and isinstance(out.get(k), dict):
-                out[k] = _restore(out[k], v, {})
-        return out
+        return {k: _restore(v, placeholders) for k, v in node.items() if k != _marker(placeholders)}
     return node
 
 
 def parse_into(values: dict, expression: str, parse, json_values: bool) -> dict:
     """Helm's strvals.ParseInto(expression, values) with the SDK's parser `parse` (a new map)."""
     placeholders: dict = {}
-    prefix = _prefix(values, json_values, placeholders)
-    if not prefix:
-        return _restore(parse(expression), values, placeholders) if values else parse(expression)
-    return _restore(parse(",".join(prefix) + "," + expression), values, placeholders)
+    prefix = _prefix(values, json_values, placeholders) if values else []
+    return _restore(parse(",".join(prefix + [expression])), placeholders)
 
 
 def user_values(files: list[Path] = (), sets: list[str] = (), set_strings: list[str] = (),

@@ -464,6 +464,11 @@ ACROSS_FLAGS = [  # (values file, --set-json, --set, --set-string) -> what Helm'
     ("x: [a, b, c]\n", [], ["x={d}"], [], {"x": ["d"]}),  # a list literal replaces the list
     ("sel:\n  nvidia.com/gpu.product: H100\n  'a=b,c[0]': '{x,y}'\n  back\\slash: 1.0e-6\n", [], ["sel.k=v"], [],
      {"sel": {"nvidia.com/gpu.product": "H100", "a=b,c[0]": "{x,y}", "back\\slash": 1e-06, "k": "v"}}),
+    ("trainer:\n  tolerations: []\n", [], ["trainer.gpuProduct=X"], [],  # the empty list still drops the default
+     {"trainer": {"tolerations": [], "gpuProduct": "X"}}),
+    ("p:\n  a: {}\n", [], ["p.q=2"], [], {"p": {"a": {}, "q": 2}}),
+    ("x:\n  - a: {}\n    n: 1\n", ['x=[{"q":1}]'], [], [], {"x": [{"q": 1}]}),  # replaced whole, nothing left over
+    ("l: [{}, {c: 1}, []]\ne: {}\n", [], ["l[0].b=1"], [], {"l": [{"b": 1}, {"c": 1}, []], "e": {}}),
     ("env:\n  - name: A\n    value: a\n", [], ["env[0].value=b", "env[1].name=B"], ["env[1].value=2"],
      {"env": [{"name": "A", "value": "b"}, {"name": "B", "value": "2"}]}),
 ]
