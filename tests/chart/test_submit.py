@@ -559,3 +559,36 @@ def test_the_clusters_kubernetes_version_decides_what_renders(cluster, capsys):
     assert submit.main(["--kube-version", "1.26.0", "--dry-run"]) == 2
     assert "Kubernetes v1.26.0: this chart needs >=1.27.0-0" in capsys.readouterr().err
     dry_run(capsys, ["--set", "jobKind=TrainJob", "--kube-version", "1.31.0"])
+
+
+def test_many_random_set_sequences_merge_as_helms_own_parser_does():
+    """Seeded random sequences of --set / --set-string / --set-json expressions over nested maps, lists
+    of maps, nulls and list literals: one expression at a time into the map so far equals Helm's
+    parser on the whole sequence as one line (or both refuse it)."""
+    import random
+
+    from r1v_submit.chart import SubmitError, user_values
+
+    rng = random.Random(19)
+    paths = ["a", "a.b", "a.c", "l[0]", "l[1]", "l[2].n", "l[0].m", "m.k\\.dot", "m.x[1]", "e"]
+    # No empty value: `--set k=` at the end of an expression (where each --set flag ends) and before
+    # a comma parse differently, so one joined line is Helm's answer only for values that are not empty.
+    values = {"--set": ["1", "x", "null", "true", "{p,q}", "a\\,b"],
+              "--set-string": ["1", "x", "true"],
+              "--set-json": ['{"z":1}', "[1,2]", "null", '"s"', "{}", "[]", "3"]}
+    parsers = {"--set": helm.parse_set_string, "--set-string": helm.parse_set_string_values,
+               "--set-json": helm.parse_set_json}
+    compared = refused = 0
+    for _ in range(300):
+        flag = rng.choice(list(values))
+        expressions = [f"{rng.choice(paths)}={rng.choice(values[flag])}" for _ in range(rng.randint(1, 5))]
+        try:
+            want = parsers[flag](",".join(expressions))
+        except helm.HelmError:
+            with pytest.raises(SubmitError):
+                user_values(**dict([_flags(flag, expressions)]))
+            refused += 1
+            continue
+        assert user_values(**dict([_flags(flag, expressions)])) == want, (flag, expressions)
+        compared += 1
+    assert compared > 150 and refused > 10  # both outcomes exercised
