@@ -30,7 +30,7 @@ from . import checkpoints as ckpt
 from .config import R1VScriptArguments, last_step
 from .data import DataError, load_train_dataset
 from .metrics import finish_training_metrics, training_callbacks
-from .preflight import UsageError, run_checks
+from .preflight import UsageError, check_chart_keys, run_checks
 from .processing import load_processor
 from .rewards import get_reward_funcs
 from .preemption import (PREEMPTED, DiskFull, Preempted, PreemptionCallback, StopRequest, is_disk_full,
@@ -282,13 +282,14 @@ def parse_args(argv: list[str] | None = None):
             raise UsageError("--config: expected a YAML file")
         config = argv[at + 1]
         try:
-            yaml.safe_load(Path(config).read_text())
+            recipe = yaml.safe_load(Path(config).read_text())
         except OSError as exc:
             raise UsageError(f"--config {config}: {exc.strerror or exc}") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f":{mark.line + 1}" if mark else ""
             raise UsageError(f"--config {config}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        check_chart_keys(config, recipe)
     parser = _Parser((R1VScriptArguments, GRPOConfig, ModelConfig))
     try:
         *parsed, from_config, from_cli = parser.parse_args_and_config(

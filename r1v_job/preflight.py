@@ -9,6 +9,7 @@ and the data check, then exits 0. Other teams' checks join by appending to CHECK
 from __future__ import annotations
 
 import errno
+import json
 import os
 import socket
 from pathlib import Path
@@ -142,3 +143,28 @@ CHECKS = [check_schedule, check_precision, check_rewards, check_model, check_dat
 def run_checks(script_args, training_args, model_args) -> None:
     for check in CHECKS:
         check(script_args, training_args, model_args)
+
+
+def check_chart_keys(config: str, recipe, env=os.environ) -> None:
+    """The recipe keys a deployment sets itself (the Helm chart's R1V_CHART_KEYS: JSON
+    {key: [the chart value that sets it, its value]}) must not be set otherwise in the recipe file.
+    The chart writes them into its own recipe ConfigMap; a user's ConfigMap (recipe.existingConfigMap)
+    is only known here, so a disagreement ends the run before anything loads, naming both keys."""
+    owned = env.get("R1V_CHART_KEYS")
+    if not owned or not isinstance(recipe, dict):
+        return
+    for key, (chart_key, value) in sorted(json.loads(owned).items()):
+        if key in recipe and not _same(recipe[key], value):
+            raise UsageError(f"--config {config}: {key} {recipe[key]!r} conflicts with the chart's {chart_key} "
+                             f"({value!r}): remove {key} from the recipe (the chart sets it from {chart_key}) "
+                             f"or set {chart_key}")
+
+
+def _same(a, b) -> bool:
+    """YAML and JSON spell one number or path in several ways (8000 and 8000.0, "60" and 60)."""
+    if a is None or b is None:
+        return a is None and b is None
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)

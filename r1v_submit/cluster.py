@@ -46,47 +46,128 @@ class Cluster:
         self._training_client = training_client
 
     def api_versions(self) -> list[str]:
-        """What Helm's .Capabilities.APIVersions would hold for this cluster (group/version)."""
+        """What Helm's .Capabilities.APIVersions would hold for this cluster (group/version). The
+        first call to the API server: an unreachable server or a refused identity ends here, in one line."""
         from kubernetes import client
+        from kubernetes.client.rest import ApiException
+        from urllib3.exceptions import HTTPError
 
         found = ["v1"]
-        for group in client.ApisApi(self.api).get_api_versions().groups or []:
+        try:
+            groups = client.ApisApi(self.api).get_api_versions().groups or []
+        except ApiException as e:
+            raise SubmitError(f"API server {self.api.configuration.host}: {e.status} {e.reason}: {_message(e)}") from e
+        except HTTPError as e:
+            reason = getattr(e, "reason", None) or e
+            raise SubmitError(f"cannot reach the API server at {self.api.configuration.host}: "
+                              f"{' '.join(str(reason).split())}") from e
+        for group in groups:
             found += [v.group_version for v in group.versions]
         return found
+
+    def kube_version(self) -> str:
+        """The API server's version (gitVersion), Helm's .Capabilities.KubeVersion."""
+        from kubernetes.client.rest import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return self._call("GET", "/version")["gitVersion"]
+        except ApiException as e:
+            raise SubmitError(f"API server {self.api.configuration.host}: {e.status} {e.reason}: {_message(e)}") from e
+        except HTTPError as e:
+            raise SubmitError(f"cannot reach the API server at {self.api.configuration.host}: "
+                              f"{' '.join(str(getattr(e, 'reason', None) or e).split())}") from e
 
     def _call(self, method: str, path: str, body=None, content_type: str = "application/json"):
         return self.api.call_api(path, method, body=body, header_params={"Content-Type": content_type,
                                                                           "Accept": "application/json"},
                                  response_type="object", auth_settings=["BearerToken"], _return_http_data_only=True)
 
-    def create(self, obj: dict, namespace: str) -> str:
+    def plan(self, objects: list[dict], namespace: str) -> dict[tuple[str, str], bool]:
+        """Reads every object before anything is written: (kind, name) -> whether it exists. A job
+        that exists already, or a create/patch the identity's RBAC does not allow, refuses the whole
+        submission, so a refused submission writes nothing (the running job's recipe, scripts and
+        RBAC stay as they are)."""
+        from kubernetes.client.rest import ApiException
+
+        exists = {}
+        for obj in objects:
+            ns, name = obj["metadata"].get("namespace", namespace), obj["metadata"]["name"]
+            try:
+                self._call("GET", f"{_path(obj, ns)}/{name}")
+                exists[obj["kind"], name] = True
+            except ApiException as e:
+                if e.status != 404:
+                    raise SubmitError(f"reading {obj['kind']} {ns}/{name}: {e.status} {e.reason}: {_message(e)}") from e
+                exists[obj["kind"], name] = False
+        taken = sorted(((kind == "Job", f"{kind} {namespace}/{name}") for (kind, name), found in exists.items()
+                        if found and kind in JOB_KINDS))
+        if taken:
+            also = f" (and {', '.join(t for _, t in taken[1:])})" if len(taken) > 1 else ""
+            raise SubmitError(f"{taken[0][1]} already exists{also}: one release is one run; nothing was changed. Pick another "
+                              "--release (or set runName), or delete it first (docs/operations.md, \"Run again\")")
+        for obj in objects:
+            self._check_allowed(obj, namespace, "patch" if exists[obj["kind"], obj["metadata"]["name"]] else "create")
+        return exists
+
+    def _check_allowed(self, obj: dict, namespace: str, verb: str) -> None:
+        """Asks the API server (SelfSubjectAccessReview) whether this identity may `verb` the object's
+        kind, so that a missing RBAC permission refuses the submission before the first write. A
+        server without the authorization API, or a claim that is kept, is not asked."""
+        from kubernetes.client.rest import ApiException
+
+        if obj["kind"] == "PersistentVolumeClaim" and verb == "patch":
+            return
+        ns = obj["metadata"].get("namespace", namespace)
+        group = obj["apiVersion"].rpartition("/")[0]
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                  "spec": {"resourceAttributes": {"namespace": ns, "verb": verb, "group": group,
+                                                  "resource": PLURALS[obj["kind"]]}}}
+        try:
+            answer = self._call("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review)
+        except ApiException as e:
+            if e.status in (404, 405):
+                return
+            raise SubmitError(f"asking whether this identity may {verb} {PLURALS[obj['kind']]} in {ns}: "
+                              f"{e.status} {e.reason}: {_message(e)}") from e
+        status = (answer or {}).get("status") or {}
+        if status.get("allowed") is False or status.get("denied"):
+            why = status.get("reason") or "no RBAC rule allows it"
+            raise SubmitError(f"this identity may not {verb} {PLURALS[obj['kind']]}"
+                              f"{'.' + group if group else ''} in namespace {ns} ({why}): nothing was changed; "
+                              "ask for a Role that allows it, or submit with another --kubeconfig/--context")
+
+    def create(self, obj: dict, namespace: str, exists: bool = False) -> str:
         """Creates obj; returns "created", "kept" (an existing claim: data and checkpoints stay) or
         "updated" (other existing objects are merge-patched). An existing job is an error."""
         from kubernetes.client.rest import ApiException
 
         ns = obj["metadata"].get("namespace", namespace)
         path = _path(obj, ns)
-        try:
-            if obj["kind"] == "PyTorchJob" and self._training_client is not None:
-                self._create_pytorchjob(obj, ns)
-            else:
-                self._call("POST", path, obj)
-            return "created"
-        except ApiException as e:
-            if e.status != 409:
-                raise SubmitError(f"creating {obj['kind']} {ns}/{obj['metadata']['name']}: "
-                                  f"{e.status} {e.reason}: {_message(e)}") from e
-        except RuntimeError as e:  # TrainingClient wraps the API error
-            cause = e.__cause__
-            if getattr(cause, "status", None) != 409:
-                raise SubmitError(f"creating PyTorchJob {ns}/{obj['metadata']['name']}: {str(e).splitlines()[0]}") from e
         name = f"{obj['kind']} {ns}/{obj['metadata']['name']}"
+        if not exists:
+            try:
+                if obj["kind"] == "PyTorchJob" and self._training_client is not None:
+                    self._create_pytorchjob(obj, ns)
+                else:
+                    self._call("POST", path, obj)
+                return "created"
+            except ApiException as e:
+                if e.status != 409:
+                    raise SubmitError(f"creating {name}: {e.status} {e.reason}: {_message(e)}") from e
+            except RuntimeError as e:  # TrainingClient wraps the API error
+                cause = e.__cause__
+                if getattr(cause, "status", None) != 409:
+                    raise SubmitError(f"creating {name}: {str(e).splitlines()[0]}") from e
         if obj["kind"] in JOB_KINDS:
             raise SubmitError(f"{name} already exists: one release is one run; pick another --release "
                               "(or set runName) or delete it first")
         if obj["kind"] == "PersistentVolumeClaim":
             return "kept"
-        self._call("PATCH", f"{path}/{obj['metadata']['name']}", obj, "application/merge-patch+json")
+        try:
+            self._call("PATCH", f"{path}/{obj['metadata']['name']}", obj, "application/merge-patch+json")
+        except ApiException as e:
+            raise SubmitError(f"updating {name}: {e.status} {e.reason}: {_message(e)}") from e
         return "updated"
 
     def _create_pytorchjob(self, obj: dict, namespace: str) -> None:

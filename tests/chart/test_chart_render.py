@@ -108,4 +108,5 @@ def test_packaged_chart_carries_the_recipe_behind_its_symlinks(tmp_path):
                          "files/zero3.json": "zero3.json"}.items():
         assert files[name] == (recipes / source).read_text()
     assert "num_generations: 8" in rendered["r1v/templates/configmap-recipe.yaml"]
+    assert "use_bias_correction_kl: false" in rendered["r1v/templates/configmap-recipe.yaml"]
 

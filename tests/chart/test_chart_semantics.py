@@ -186,15 +186,25 @@ def test_no_marker_wait_without_data_prep():
 def test_default_recipe_is_the_seed_recipe_and_deepspeed_configs_are_the_repos():
     cm = only(render({}), "ConfigMap", "-recipe")["data"]
     repo = CHART.parents[1] / "recipes"
-    assert cm["recipe.yaml"] == (repo / "r1v_qwen2vl_2b_clevr.yaml").read_text()
+    seed = yaml.safe_load((repo / "r1v_qwen2vl_2b_clevr.yaml").read_text())
+    rendered = yaml.safe_load(cm["recipe.yaml"])
+    owned = {"model_name_or_path", "dataset_name", "output_dir", "deepspeed", "metrics_port", "metrics_grace_seconds"}
+    # Every seed key is there with its value (Helm spells 1.0e-6 as 1e-06: the same number to the trainer).
+    assert set(rendered) == set(seed) | owned
+    assert {k: _number(v) for k, v in rendered.items() if k not in owned} == \
+        {k: _number(v) for k, v in seed.items() if k not in owned}
     assert json.loads(cm["zero3.json"]) == json.loads((repo / "zero3.json").read_text())
     assert json.loads(cm["zero2.json"]) == json.loads((repo / "zero2.json").read_text())
 
 
-def test_inline_recipe_and_existing_configmap():
-    inline = {"model_name_or_path": "x", "max_steps": 5}
-    cm = only(render({"recipe": {"inline": inline}}), "ConfigMap", "-recipe")["data"]
-    assert yaml.safe_load(cm["recipe.yaml"]) == inline
+def _number(v):
+    try:
+        return float(v) if not isinstance(v, bool) else v
+    except (TypeError, ValueError):
+        return v
+
+
+def test_existing_configmap_replaces_the_charts_recipe_file():
     objects = render({"recipe": {"existingConfigMap": "mine", "existingConfigMapKey": "r.yaml"}})
     assert "recipe.yaml" not in only(objects, "ConfigMap", "-recipe")["data"]
     sources = next(v for v in replica_pods(only(objects, "PyTorchJob"))["Master"]["volumes"]
@@ -408,4 +418,4 @@ def test_notes_warn_that_a_bare_install_needs_the_model_and_data_on_the_volume()
     assert "WARNING: dataPrep.enabled=false" in text
     assert "/data/models/Qwen2-VL-2B-Instruct" in text and "/data/datasets/clevr_cogen_a_train" in text
     assert "kubectl -n r1v logs r1v-master-0 -c pytorch | grep 'r1v launch'" in text
-    assert "WARNING" not in notes({"dataPrep": {"enabled": True}})
+    assert "WARNING: dataPrep" not in notes({"dataPrep": {"enabled": True}})

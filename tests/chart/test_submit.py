@@ -13,6 +13,7 @@ import copy
 import json
 import shutil
 
+import helm_python as helm
 import kmock
 import pytest
 import yaml
@@ -158,6 +159,18 @@ def cluster():
                "preferredVersion": {"groupVersion": gv, "version": gv.split("/")[1]}}
               for gv in ["batch/v1", "rbac.authorization.k8s.io/v1", *ALL_APIS]]
     fake.emulator["get /apis/"] << {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+    # kmock says v1.26.4; a Trainer v2.3 cluster runs 1.31 or newer.
+    fake.emulator["get /version"] << {"major": "1", "minor": "31", "gitVersion": "v1.31.4"}
+    # RBAC as the API server answers a SelfSubjectAccessReview: all allowed but what a test denies.
+    fake.denied = set()
+
+    def review(request):
+        for key in [k for k in fake.emulator.objects if k[0].plural == "selfsubjectaccessreviews"]:
+            del fake.emulator.objects[key]  # kmock stores it like any POST; an API server answers and keeps nothing
+        asked = request.data["spec"]["resourceAttributes"]
+        allowed = (asked["verb"], asked["resource"]) not in fake.denied
+        return {**request.data, "status": {"allowed": allowed, **({} if allowed else {"reason": "RBAC: no rule"})}}
+    fake.emulator["post /apis/authorization.k8s.io/v1/selfsubjectaccessreviews"] << review
     yield fake
     fake.close()
 
@@ -274,13 +287,104 @@ def test_submit_reports_a_failed_job_and_keeps_an_existing_claim(cluster, capsys
     assert cluster.emulator.objects[PVCS, "ns", "exp-r1v-data"].raw["spec"]["resources"]["requests"]["storage"] == "1Ti"
 
 
-def test_an_existing_job_is_never_replaced(cluster, capsys):
+def _snapshot(cluster) -> dict:
+    return {key: json.dumps(dict(obj.raw), sort_keys=True) for key, obj in cluster.emulator.objects.items()}
+
+
+def _writes(cluster) -> list[str]:
+    return [f"{r.method} {r.url}" for r in cluster.emulator if r.method in ("POST", "PUT", "PATCH", "DELETE")
+            and "selfsubjectaccessreviews" not in str(r.url)]  # a question, not a write
+
+
+def test_a_refused_resubmission_leaves_every_existing_object_byte_identical(cluster, capsys):
     argv = ["--release", "exp", "-n", "ns", "--no-follow"]
     assert submit.main(argv, configuration=cluster.configuration()) == 0
     assert "kubectl -n ns logs -f exp-r1v-master-0 -c pytorch" in capsys.readouterr().out  # NOTES.txt
-    assert submit.main(argv + ["--set", "nodes=4"], configuration=cluster.configuration()) == 2
-    assert "PyTorchJob ns/exp-r1v already exists: one release is one run" in capsys.readouterr().err
-    assert "Worker" not in cluster.emulator.objects[PYTORCHJOBS, "ns", "exp-r1v"].raw["spec"]["pytorchReplicaSpecs"]
+    before, writes = _snapshot(cluster), len(_writes(cluster))
+    again = argv + ["--set-json", 'recipe.inline={"learning_rate":0.5}', "--set", "nodes=4"]
+    assert submit.main(again, configuration=cluster.configuration()) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: PyTorchJob ns/exp-r1v already exists") and "nothing was changed" in err
+    assert len(err.strip().splitlines()) == 1
+    assert _snapshot(cluster) == before  # the running job's next restart still reads its own recipe
+    assert _writes(cluster)[writes:] == []
+    recipe = cluster.emulator.objects[CONFIGMAPS, "ns", "exp-r1v-recipe"].raw["data"]["recipe.yaml"]
+    assert yaml.safe_load(recipe)["learning_rate"] == 1.0e-6
+
+
+def test_without_a_job_a_resubmission_updates_the_objects_and_keeps_the_claim(cluster, capsys):
+    argv = ["--release", "exp", "-n", "ns", "--no-follow"]
+    assert submit.main(argv, configuration=cluster.configuration()) == 0
+    del cluster.emulator.objects[PYTORCHJOBS, "ns", "exp-r1v"]  # finished and deleted: "run again"
+    for job in ("exp-r1v-eval", "exp-r1v-eval-gate"):
+        del cluster.emulator.objects[kmock.resource("batch", "v1", "jobs"), "ns", job]
+    capsys.readouterr()
+    assert submit.main(argv + ["--set", "recipe.inline.stop_at_step=200"], configuration=cluster.configuration()) == 0
+    out = capsys.readouterr().out
+    assert "ConfigMap ns/exp-r1v-recipe updated" in out and "PersistentVolumeClaim ns/exp-r1v-data kept" in out
+    recipe = cluster.emulator.objects[CONFIGMAPS, "ns", "exp-r1v-recipe"].raw["data"]["recipe.yaml"]
+    assert yaml.safe_load(recipe)["stop_at_step"] == 200
+
+
+def test_a_refusing_api_server_is_one_line_exit_2_and_nothing_written(cluster, capsys):
+    cluster.emulator["get /api/v1/namespaces/ns/configmaps/exp-r1v-recipe"] << 403 << {
+        "kind": "Status", "message": "configmaps \"exp-r1v-recipe\" is forbidden: User \"bob\""}
+    assert submit.main(["--release", "exp", "-n", "ns", "--no-follow"], configuration=cluster.configuration()) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: reading ConfigMap ns/exp-r1v-recipe: 403") and "forbidden" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert _writes(cluster) == [] and not list(cluster.emulator.objects)
+    forbidding = FakeKubernetes()  # discovery itself refused
+    try:
+        forbidding.emulator["get /apis/"] << 403 << {"kind": "Status", "message": "forbidden: User \"bob\""}
+        assert submit.main(["--release", "exp", "-n", "ns"], configuration=forbidding.configuration()) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: API server {forbidding.url}: 403") and len(err.strip().splitlines()) == 1, err
+        assert _writes(forbidding) == []
+    finally:
+        forbidding.close()
+
+
+def test_a_write_rbac_does_not_allow_refuses_the_submission_before_the_first_write(cluster, capsys):
+    cluster.denied.add(("create", "roles"))  # a common gap: an identity that may not create RBAC
+    assert submit.main(["--release", "exp", "-n", "ns", "--no-follow"], configuration=cluster.configuration()) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: this identity may not create roles.rbac.authorization.k8s.io in namespace ns") and \
+        "nothing was changed" in err and len(err.strip().splitlines()) == 1, err
+    assert _writes(cluster) == [] and not list(cluster.emulator.objects)
+    cluster.denied.clear()
+    cluster.denied.add(("patch", "configmaps"))  # a resubmission may update the recipe only where RBAC allows it
+    assert submit.main(["--release", "exp", "-n", "ns", "--no-follow"], configuration=cluster.configuration()) == 0
+    del cluster.emulator.objects[PYTORCHJOBS, "ns", "exp-r1v"]
+    for job in ("exp-r1v-eval", "exp-r1v-eval-gate"):
+        del cluster.emulator.objects[kmock.resource("batch", "v1", "jobs"), "ns", job]
+    before = _snapshot(cluster)
+    assert submit.main(["--release", "exp", "-n", "ns", "--no-follow"], configuration=cluster.configuration()) == 2
+    assert "may not patch configmaps in namespace ns" in capsys.readouterr().err
+    assert _snapshot(cluster) == before
+
+
+def test_no_kubeconfig_or_an_unreachable_server_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    from tests.helpers import free_port
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert submit.main(["--release", "exp", "-n", "ns"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no kubeconfig") and len(err.strip().splitlines()) == 1, err
+    assert submit.main(["--kubeconfig", str(tmp_path / "missing.yaml"), "-n", "ns"]) == 2
+    err = capsys.readouterr().err
+    assert "missing.yaml" in err and len(err.strip().splitlines()) == 1, err
+    port = free_port()
+    (tmp_path / "kc").write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "u", "user": {}}], "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+    assert submit.main(["--kubeconfig", str(tmp_path / "kc"), "-n", "ns"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot reach the API server at http://127.0.0.1:{port}") and \
+        len(err.strip().splitlines()) == 1, err
 
 
 def _quantities_as_text(obj):
@@ -325,7 +429,8 @@ def test_runs_from_the_built_wheel_outside_the_checkout(tmp_path):
                          env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert run.returncode == 0, run.stderr
     docs = [d for d in yaml.safe_load_all(run.stdout) if d]
-    assert only(docs, "ConfigMap", "-recipe")["data"]["recipe.yaml"] == recipe.read_text()
+    rendered = only(docs, "ConfigMap", "-recipe")["data"]["recipe.yaml"]
+    assert all(line in rendered for line in recipe.read_text().splitlines())  # the seed, whole (a few lines "set below")
     assert only(docs, "TrainJob")["spec"]["runtimeRef"]["kind"] == "TrainingRuntime"
 
 
@@ -335,3 +440,183 @@ def test_namespace_defaults_to_the_kube_contexts(cluster, capsys, tmp_path):
                        configuration=cluster.configuration()) == 0
     assert (PYTORCHJOBS, "team-b", "exp-r1v") in cluster.emulator.objects
     assert "submitted PyTorchJob team-b/exp-r1v" in capsys.readouterr().out
+
+
+# --- Helm's merging of -f, --set-json, --set, --set-string ----------------------------------------
+
+SAME_FLAG = [  # several expressions of one flag: Helm parses them into one map, in order
+    ("--set", ["trainer.extraArgs[0]=--max_steps", "trainer.extraArgs[1]=200"]),
+    ("--set", ["trainer.extraEnv[0].name=FOO", "trainer.extraEnv[0].valueFrom.secretKeyRef.name=s"]),
+    ("--set", ["a[2]=x", "a[0]=y", "a[1]=null"]),
+    ("--set", ["l={a,b,c}", "l[1]=z", "l[4]=w"]),
+    ("--set", ["x=1,y=2", "x=3", "y=null"]),
+    ("--set", ["m.k\\.dot=1", "m.k\\.dot=2,m.o=true"]),
+    ("--set", ["s=a\\,b", "t=c", "e="]),
+    ("--set", ["a.b=1", "a=null"]),
+    ("--set", ["a=null", "a.b=1"]),  # Helm refuses: a is no map
+    ("--set-string", ["l[0]=1", "l[1]=true", "l[0]=null"]),
+    ("--set-json", ['l=[1,{"a":2}]', 'l[1].b=3', 'm={"x":{}}', "m.x.y=null"]),
+]
+
+
+def _flags(flag, expressions):
+    return {"--set": ("sets", expressions), "--set-string": ("set_strings", expressions),
+            "--set-json": ("set_jsons", expressions)}[flag]
+
+
+@pytest.mark.parametrize("flag, expressions", SAME_FLAG)
+def test_repeated_flags_merge_as_helm_parses_them_into_one_map(flag, expressions):
+    """Helm's own answer: its strvals parser (helm-python-sdk) on the expressions as one line, which
+    is ParseInto of each in turn on one map."""
+    from r1v_submit.chart import SubmitError, user_values
+
+    parse = {"--set": helm.parse_set_string, "--set-string": helm.parse_set_string_values,
+             "--set-json": helm.parse_set_json}[flag]
+    try:
+        want = parse(",".join(expressions))
+    except helm.HelmError:
+        with pytest.raises(SubmitError, match=flag):
+            user_values(**dict([_flags(flag, expressions)]))
+        return
+    assert user_values(**dict([_flags(flag, expressions)])) == want
+
+
+ACROSS_FLAGS = [  # (values file, --set-json, --set, --set-string) -> what Helm's install uses
+    ("trainer:\n  extraArgs: [--max_steps, '100', --save_steps, '5']\n", [], ["trainer.extraArgs[1]=200"], [],
+     {"trainer": {"extraArgs": ["--max_steps", 200, "--save_steps", "5"]}}),  # an index update of an -f list
+    ("a:\n  b: {}\n  c: []\n  d: null\n", [], ["a.b.x=1"], [], {"a": {"b": {"x": 1}, "c": [], "d": None}}),
+    ("", ['recipe.inline={"max_steps":50,"beta":0.04}'], ["recipe.inline.beta=0"], [],
+     {"recipe": {"inline": {"max_steps": 50, "beta": 0}}}),
+    ("", ["l=[1,2]"], [], ["l[0]=x"], {"l": ["x", 2]}),
+    ("", ["x=2"], ["x=1"], [], {"x": 1}),  # --set after --set-json, whatever the command line's order
+    ("x: [a, b, c]\n", [], ["x={d}"], [], {"x": ["d"]}),  # a list literal replaces the list
+    ("sel:\n  nvidia.com/gpu.product: H100\n  'a=b,c[0]': '{x,y}'\n  back\\slash: 1.0e-6\n", [], ["sel.k=v"], [],
+     {"sel": {"nvidia.com/gpu.product": "H100", "a=b,c[0]": "{x,y}", "back\\slash": 1e-06, "k": "v"}}),
+    ("trainer:\n  tolerations: []\n", [], ["trainer.gpuProduct=X"], [],  # the empty list still drops the default
+     {"trainer": {"tolerations": [], "gpuProduct": "X"}}),
+    ("p:\n  a: {}\n", [], ["p.q=2"], [], {"p": {"a": {}, "q": 2}}),
+    ("x:\n  - a: {}\n    n: 1\n", ['x=[{"q":1}]'], [], [], {"x": [{"q": 1}]}),  # replaced whole, nothing left over
+    ("l: [{}, {c: 1}, []]\ne: {}\n", [], ["l[0].b=1"], [], {"l": [{"b": 1}, {"c": 1}, []], "e": {}}),
+    ("env:\n  - name: A\n    value: a\n", [], ["env[0].value=b", "env[1].name=B"], ["env[1].value=2"],
+     {"env": [{"name": "A", "value": "b"}, {"name": "B", "value": "2"}]}),
+]
+
+
+@pytest.mark.parametrize("values_file, set_jsons, sets, set_strings, want", ACROSS_FLAGS)
+def test_flags_of_every_kind_merge_into_the_values_files_map_in_helms_order(tmp_path, values_file, set_jsons,
+                                                                             sets, set_strings, want):
+    from r1v_submit.chart import user_values
+
+    files = []
+    if values_file:
+        (tmp_path / "v.yaml").write_text(values_file)
+        files = [tmp_path / "v.yaml"]
+    assert user_values(files, sets, set_strings, set_jsons) == want
+
+
+def test_the_index_updates_helm_accepts_render_through_submit(capsys):
+    got = dry_run(capsys, ["--set", "trainer.extraArgs[0]=--max_steps", "--set", "trainer.extraArgs[1]=200",
+                           "--set", "trainer.extraEnv[0].name=FOO",
+                           "--set", "trainer.extraEnv[0].valueFrom.secretKeyRef.name=s",
+                           "--set", "trainer.extraEnv[0].valueFrom.secretKeyRef.key=k"])
+    c = only(got, "PyTorchJob")["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    assert c["args"][-2:] == ["--max_steps", "200"]
+    assert {"name": "FOO", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}} in c["env"]
+
+
+def test_a_bad_values_file_is_one_line_naming_it(tmp_path, capsys):
+    (tmp_path / "v.yaml").write_text("nodes: [1\n")
+    assert submit.main(["-f", str(tmp_path / "v.yaml"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: -f {tmp_path / 'v.yaml'}: ") and len(err.strip().splitlines()) == 1, err
+
+
+def test_trainer_client_starts_a_run_on_the_charts_runtime():
+    """Kubeflow SDK 0.5's TrainerClient.train on the chart's TrainingRuntime, the trainer block taken
+    from the chart's own TrainJob (docs/operations.md, "TrainerClient"). The SDK does not install
+    beside kubeflow-training (its regular `kubeflow` package hides `kubeflow.training`), so this runs
+    only where it is importable (a scratch venv)."""
+    pytest.importorskip("kubeflow.trainer", reason="kubeflow SDK 0.5 is not installed: it cannot share a venv "
+                                                   "with kubeflow-training 1.9.4 (docs/operations.md)")
+    from kubeflow.common.types import KubernetesBackendConfig
+    from kubeflow.trainer import CustomTrainerContainer, TrainerClient
+    from kubeflow.trainer.options import TrainerArgs, TrainerCommand
+
+    from r1v_submit import chart
+
+    objects = chart.objects(chart.render(chart.user_values(sets=["jobKind=TrainJob", "runName=exp-2"]),
+                                         release="exp", namespace="r1v"))
+    runtime = only(objects, "TrainingRuntime")
+    want = only(objects, "TrainJob")["spec"]["trainer"]
+    fake = FakeKubernetes()
+    try:
+        fake.emulator.objects[kmock.resource("trainer.kubeflow.org", "v1alpha1", "trainingruntimes"), "r1v",
+                              "exp-r1v"] = {**runtime, "metadata": {**runtime["metadata"], "namespace": "r1v"}}
+        client = TrainerClient(backend_config=KubernetesBackendConfig(namespace="r1v",
+                                                                      client_configuration=fake.configuration()))
+        requests = want["resourcesPerNode"]["requests"]
+        name = client.train(runtime=client.get_runtime("exp-r1v"), trainer=CustomTrainerContainer(
+            image=want["image"], num_nodes=want["numNodes"],
+            resources_per_node={"gpu": requests["nvidia.com/gpu"], "cpu": requests["cpu"], "memory": requests["memory"]},
+            env={**{e["name"]: e["value"] for e in want["env"] if "value" in e}, "POD_NAMESPACE": "r1v"}),
+            options=[TrainerCommand(command=want["command"]), TrainerArgs(args=want["args"])])
+        got = dict(fake.emulator.objects[TRAINJOBS, "r1v", name].raw)["spec"]
+    finally:
+        fake.close()
+    assert got["runtimeRef"]["name"] == "exp-r1v"
+    assert [got["trainer"][k] for k in ("image", "command", "args", "numNodes")] == \
+        [want[k] for k in ("image", "command", "args", "numNodes")]
+    assert "/data/runs/exp-2" in got["trainer"]["args"]
+
+
+def test_the_clusters_kubernetes_version_decides_what_renders(cluster, capsys):
+    """.Capabilities.KubeVersion is the API server's, as for `helm install`: a TrainJob needs 1.31."""
+    old = FakeKubernetes()
+    try:
+        old.emulator["get /version"] << {"major": "1", "minor": "29", "gitVersion": "v1.29.7"}
+        old.emulator["get /apis/"] << {"kind": "APIGroupList", "apiVersion": "v1", "groups": []}
+        assert submit.main(["--release", "exp", "-n", "ns", "--set", "jobKind=TrainJob"],
+                           configuration=old.configuration()) == 2
+        err = capsys.readouterr().err
+        assert "jobKind=TrainJob needs Kubernetes 1.31 or newer" in err and "v1.29.7" in err, err
+        assert _writes(old) == []
+    finally:
+        old.close()
+    assert submit.main(["--set", "jobKind=TrainJob", "--kube-version", "1.30.2", "--dry-run"]) == 2
+    assert "this cluster is v1.30.2" in capsys.readouterr().err
+    assert submit.main(["--kube-version", "1.26.0", "--dry-run"]) == 2
+    assert "Kubernetes v1.26.0: this chart needs >=1.27.0-0" in capsys.readouterr().err
+    dry_run(capsys, ["--set", "jobKind=TrainJob", "--kube-version", "1.31.0"])
+
+
+def test_many_random_set_sequences_merge_as_helms_own_parser_does():
+    """Seeded random sequences of --set / --set-string / --set-json expressions over nested maps, lists
+    of maps, nulls and list literals: one expression at a time into the map so far equals Helm's
+    parser on the whole sequence as one line (or both refuse it)."""
+    import random
+
+    from r1v_submit.chart import SubmitError, user_values
+
+    rng = random.Random(19)
+    paths = ["a", "a.b", "a.c", "l[0]", "l[1]", "l[2].n", "l[0].m", "m.k\\.dot", "m.x[1]", "e"]
+    # No empty value: `--set k=` at the end of an expression (where each --set flag ends) and before
+    # a comma parse differently, so one joined line is Helm's answer only for values that are not empty.
+    values = {"--set": ["1", "x", "null", "true", "{p,q}", "a\\,b"],
+              "--set-string": ["1", "x", "true"],
+              "--set-json": ['{"z":1}', "[1,2]", "null", '"s"', "{}", "[]", "3"]}
+    parsers = {"--set": helm.parse_set_string, "--set-string": helm.parse_set_string_values,
+               "--set-json": helm.parse_set_json}
+    compared = refused = 0
+    for _ in range(300):
+        flag = rng.choice(list(values))
+        expressions = [f"{rng.choice(paths)}={rng.choice(values[flag])}" for _ in range(rng.randint(1, 5))]
+        try:
+            want = parsers[flag](",".join(expressions))
+        except helm.HelmError:
+            with pytest.raises(SubmitError):
+                user_values(**dict([_flags(flag, expressions)]))
+            refused += 1
+            continue
+        assert user_values(**dict([_flags(flag, expressions)])) == want, (flag, expressions)
+        compared += 1
+    assert compared > 150 and refused > 10  # both outcomes exercised

@@ -1,10 +1,20 @@
 {{/*
 Names. The PyTorchJob's name becomes the prefix of the pods and Services the Training Operator
 creates (NAME-master-0, NAME-worker-12), and Service names must be DNS-1035 labels of at most 63
-characters, so every name here is cut to 48 and must start with a letter.
+characters, so every name here is at most 48 and must start with a letter. A longer name keeps its
+first 39 characters and gets "-" and 8 hex digits of its sha256 (Helm's trunc + sha256sum idiom):
+two releases that differ only past the cut never share an object, a claim or an output folder.
 */}}
+{{- define "r1v.shorten" -}}
+{{- if gt (len .) 48 }}
+{{- printf "%s-%s" (trunc 39 . | trimSuffix "-") (sha256sum . | trunc 8) }}
+{{- else }}
+{{- . }}
+{{- end }}
+{{- end }}
+
 {{- define "r1v.name" -}}
-{{- default .Chart.Name .Values.nameOverride | trunc 48 | trimSuffix "-" }}
+{{- include "r1v.shorten" (default .Chart.Name .Values.nameOverride) }}
 {{- end }}
 
 {{- define "r1v.fullname" -}}
@@ -16,7 +26,7 @@ characters, so every name here is cut to 48 and must start with a letter.
 {{- else }}
 {{- $name = printf "%s-%s" .Release.Name (default .Chart.Name .Values.nameOverride) }}
 {{- end }}
-{{- $name = $name | trunc 48 | trimSuffix "-" }}
+{{- $name = include "r1v.shorten" $name }}
 {{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $name) }}
 {{- fail (printf "the name %q (from the release name or fullnameOverride) must be a DNS-1035 label: lower-case letters, digits and '-', starting with a letter; the Training Operator rejects anything else" $name) }}
 {{- end }}
@@ -61,11 +71,11 @@ characters, so every name here is cut to 48 and must start with a letter.
 {{/* Labels the operator puts on the rank-0 pod, the one serving /metrics. */}}
 {{- define "r1v.rankZeroLabels" -}}
 {{- if eq .Values.jobKind "TrainJob" }}
-jobset.sigs.k8s.io/jobset-name: {{ include "r1v.jobName" . }}
+jobset.sigs.k8s.io/jobset-name: {{ include "r1v.jobName" . | quote }}
 jobset.sigs.k8s.io/replicatedjob-name: node
 batch.kubernetes.io/job-completion-index: "0"
 {{- else }}
-training.kubeflow.org/job-name: {{ include "r1v.jobName" . }}
+training.kubeflow.org/job-name: {{ include "r1v.jobName" . | quote }}
 training.kubeflow.org/replica-type: master
 training.kubeflow.org/replica-index: "0"
 {{- end }}
@@ -74,10 +84,10 @@ training.kubeflow.org/replica-index: "0"
 {{/* Kueue's labels on the training job (either kind). */}}
 {{- define "r1v.kueueLabels" -}}
 {{- with .Values.kueue.queueName }}
-kueue.x-k8s.io/queue-name: {{ . }}
+kueue.x-k8s.io/queue-name: {{ . | quote }}
 {{- end }}
 {{- with .Values.kueue.priorityClass }}
-kueue.x-k8s.io/priority-class: {{ . }}
+kueue.x-k8s.io/priority-class: {{ . | quote }}
 {{- end }}
 {{- end }}
 
@@ -91,10 +101,10 @@ kueue.x-k8s.io/priority-class: {{ . }}
 
 {{/* Labels every object carries; kubectl and Grafana select on app.kubernetes.io/instance. */}}
 {{- define "r1v.labels" -}}
-helm.sh/chart: {{ include "r1v.chart" . }}
+helm.sh/chart: {{ include "r1v.chart" . | quote }}
 {{ include "r1v.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
 app.kubernetes.io/part-of: r1v
 {{- with .Values.commonLabels }}
 {{ toYaml . }}
@@ -102,8 +112,8 @@ app.kubernetes.io/part-of: r1v
 {{- end }}
 
 {{- define "r1v.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "r1v.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/name: {{ include "r1v.name" . | quote }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
 {{- end }}
 
 {{/* Fixed layout of the shared volume (docs/architecture.md): every pod mounts it at /data. */}}
@@ -194,13 +204,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "r1v.dataVolume" -}}
 - name: data
   persistentVolumeClaim:
-    claimName: {{ include "r1v.claimName" . }}
+    claimName: {{ include "r1v.claimName" . | quote }}
 {{- end }}
 
 {{- define "r1v.scriptsVolume" -}}
 - name: scripts
   configMap:
-    name: {{ include "r1v.scriptsConfigMap" . }}
+    name: {{ include "r1v.scriptsConfigMap" . | quote }}
 {{- end }}
 
 {{/*
@@ -258,12 +268,12 @@ merged over the top-level ones, key by key. Called with (dict "root" $ "componen
   projected:
     sources:
       - configMap:
-          name: {{ include "r1v.recipeConfigMap" . }}
+          name: {{ include "r1v.recipeConfigMap" . | quote }}
 {{- with .Values.recipe.existingConfigMap }}
       - configMap:
-          name: {{ . }}
+          name: {{ . | quote }}
           items:
-            - key: {{ $.Values.recipe.existingConfigMapKey }}
+            - key: {{ $.Values.recipe.existingConfigMapKey | quote }}
               path: recipe.yaml
 {{- end }}
 {{- end }}
@@ -292,9 +302,116 @@ two scrape intervals (monitoring.interval, e.g. 15s, 1m), and never under the tr
 {{- max 60 (mul 2 (include "r1v.durationSeconds" .Values.monitoring.interval | int)) -}}
 {{- end }}
 
-{{/* Whole seconds (rounded up) of a duration the schema allows: NUMBER followed by ms, s, m or h. */}}
+{{/* Whole seconds (rounded up) of a Prometheus duration the schema allows: 0, or units from y to ms in order (1h30m, 1d, 500ms). */}}
 {{- define "r1v.durationSeconds" -}}
-{{- $d := toString . -}}
-{{- $n := regexFind "^[0-9]+" $d | int -}}
-{{- get (dict "ms" (div (add $n 999) 1000) "s" $n "m" (mul $n 60) "h" (mul $n 3600)) (trimPrefix (toString $n) $d) -}}
+{{- $units := dict "y" 31536000 "w" 604800 "d" 86400 "h" 3600 "m" 60 "s" 1 -}}
+{{- $seconds := 0 -}}
+{{- $ms := 0 -}}
+{{- range $part := regexFindAll "[0-9]+(ms|y|w|d|h|m|s)" (toString .) -1 -}}
+{{- $n := regexFind "^[0-9]+" $part | int -}}
+{{- $unit := trimPrefix (regexFind "^[0-9]+" $part) $part -}}
+{{- if eq $unit "ms" }}{{ $ms = add $ms $n }}{{ else }}{{ $seconds = add $seconds (mul $n (get $units $unit)) }}{{ end -}}
+{{- end -}}
+{{- add $seconds (div (add $ms 999) 1000) -}}
+{{- end }}
+
+{{/*
+The recipe keys the chart owns, as JSON {recipe key: [the chart value that sets it, its value]}.
+Each is written into the recipe ConfigMap and passed on the trainer's command line from the same
+value, and data prep, the launcher and the evaluator use the same paths: they cannot disagree.
+*/}}
+{{- define "r1v.recipeOwned" -}}
+{{- $owned := dict
+  "model_name_or_path" (list "model.path" (include "r1v.modelPath" .))
+  "dataset_name" (list "dataset.path" (include "r1v.datasetPath" .))
+  "output_dir" (list "runName" (include "r1v.outputDir" .))
+  "metrics_port" (list "monitoring.port" (int .Values.monitoring.port))
+  "metrics_grace_seconds" (list "monitoring.interval" (include "r1v.metricsGraceSeconds" . | int)) }}
+{{- $ds := list "trainer.deepspeed" nil }}
+{{- if ne .Values.trainer.deepspeed "none" }}
+{{- $ds = list "trainer.deepspeed" (printf "/etc/r1v/%s.json" .Values.trainer.deepspeed) }}
+{{- end }}
+{{- $_ := set $owned "deepspeed" $ds }}
+{{- toJson $owned }}
+{{- end }}
+
+{{/*
+The recipe the trainer reads (/etc/r1v/recipe.yaml): the seed recipe (files/recipe.yaml, the
+repository's recipes/r1v_qwen2vl_2b_clevr.yaml) as it is written, comments and number spellings
+included, with each line of a key set below commented out; then recipe.inline's keys and the
+chart-owned keys. With recipe.replace, recipe.inline alone and the chart-owned keys. A
+recipe.inline or trainer.extraArgs entry for a chart-owned key with another value fails the
+render, naming both. (The seed is flat, one key a line: tests/chart/test_chart_recipe.py.)
+*/}}
+{{- define "r1v.recipe" -}}
+{{- $owned := include "r1v.recipeOwned" . | fromJson }}
+{{- $set := dict }}
+{{- $inline := dict }}
+{{- range $key, $value := .Values.recipe.inline }}
+{{- if not (hasKey $owned $key) }}
+{{- $_ := set $inline $key $value }}
+{{- end }}
+{{- with get $owned $key }}
+{{- if ne (toString $value) (toString (index . 1)) }}
+{{- fail (printf "recipe.inline.%s conflicts with %s: set %s instead (the chart writes %s: %v into the recipe, and data prep, the launcher and the evaluator use the same value)" $key (index . 0) (index . 0) $key (index . 1)) }}
+{{- end }}
+{{- end }}
+{{- $_ := set $set $key $value }}
+{{- end }}
+{{- range $arg := .Values.trainer.extraArgs }}
+{{- $flag := toString $arg | trimPrefix "--" | splitList "=" | first }}
+{{- if and (hasPrefix "--" (toString $arg)) (hasKey $owned $flag) }}
+{{- fail (printf "trainer.extraArgs %s conflicts with %s: set %s instead (the chart sets --%s from it)" (toString $arg) (index (get $owned $flag) 0) (index (get $owned $flag) 0) $flag) }}
+{{- end }}
+{{- end }}
+{{- range $key, $pair := $owned }}
+{{- $_ := set $set $key (index $pair 1) }}
+{{- end }}
+{{- if not .Values.recipe.replace }}
+{{- range $line := .Files.Get "files/recipe.yaml" | trimSuffix "\n" | splitList "\n" }}
+{{- $key := regexFind "^[A-Za-z_][A-Za-z0-9_]*:" $line | trimSuffix ":" }}
+{{- if and $key (hasKey $set $key) }}
+# (set below) {{ $line }}
+{{- else }}
+{{ $line }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- with $inline }}
+# --- recipe.inline ---
+{{ toYaml . }}
+{{- end }}
+# --- the chart's keys ---
+{{- range $key, $pair := $owned }}
+{{ toYaml (dict $key (index $pair 1)) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checks a schema cannot express, each failing the render in one line naming the value: the
+Kubernetes version each job kind needs (.Capabilities: the cluster's under `helm install` and
+r1v_submit), paths every pod must find on the shared volume, and GPU counts set twice.
+*/}}
+{{- define "r1v.checkValues" -}}
+{{- $kube := .Capabilities.KubeVersion.Version }}
+{{- if and .Chart.KubeVersion (not (semverCompare .Chart.KubeVersion $kube)) }}
+{{- fail (printf "Kubernetes %s: this chart needs %s" $kube .Chart.KubeVersion) }}
+{{- end }}
+{{- if and (eq .Values.jobKind "TrainJob") (semverCompare "<1.31.0-0" $kube) }}
+{{- fail (printf "jobKind=TrainJob needs Kubernetes 1.31 or newer (Kubeflow Trainer v2.3 and JobSet), this cluster is %s: use jobKind=PyTorchJob (1.27+) or a newer cluster" $kube) }}
+{{- end }}
+{{- $root := include "r1v.dataRoot" . }}
+{{- $paths := dict "model.path" .Values.model.path "dataset.path" .Values.dataset.path "superclevr.dir" .Values.superclevr.dir }}
+{{- range $key := keys $paths | sortAlpha }}
+{{- $path := get $paths $key }}
+{{- if and $path (not (hasPrefix (printf "%s/" $root) (clean $path))) }}
+{{- fail (printf "%s %q is outside the shared volume, which every pod mounts at %s: use a path under %s/ (e.g. %s/models/NAME, %s/datasets/NAME)" $key $path $root $root $root $root) }}
+{{- end }}
+{{- end }}
+{{- range $part := list "requests" "limits" }}
+{{- $set := get ($.Values.trainer.resources | default dict) $part | default dict }}
+{{- if and (hasKey $set "nvidia.com/gpu") (ne (toString (get $set "nvidia.com/gpu")) (toString $.Values.gpusPerNode)) }}
+{{- fail (printf "trainer.resources.%s.nvidia.com/gpu=%v disagrees with gpusPerNode=%v: set gpusPerNode alone (the GPUs of every training pod and torchrun's processes per pod)" $part (get $set "nvidia.com/gpu") $.Values.gpusPerNode) }}
+{{- end }}
+{{- end }}
 {{- end }}

@@ -4,8 +4,9 @@ and trainjob.yaml (its trainer block and, on a ClusterTrainingRuntime, its runti
 */}}
 
 {{/*
-The trainer's arguments after the launcher: `python -m r1v_job ...` under torchrun. Only these
-recipe fields are overridden here (docs/architecture.md); everything else comes from the recipe.
+The trainer's arguments after the launcher: `python -m r1v_job ...` under torchrun. The
+chart-owned recipe keys (r1v.recipeOwned) are passed here too, with the values written into the
+recipe ConfigMap; everything else comes from the recipe.
 */}}
 {{- define "r1v.trainer.args" -}}
 - -m
@@ -13,11 +14,11 @@ recipe fields are overridden here (docs/architecture.md); everything else comes 
 - --config
 - /etc/r1v/recipe.yaml
 - --output_dir
-- {{ include "r1v.outputDir" . }}
+- {{ include "r1v.outputDir" . | quote }}
 - --model_name_or_path
-- {{ include "r1v.modelPath" . }}
+- {{ include "r1v.modelPath" . | quote }}
 - --dataset_name
-- {{ include "r1v.datasetPath" . }}
+- {{ include "r1v.datasetPath" . | quote }}
 {{- if ne .Values.trainer.deepspeed "none" }}
 - --deepspeed
 - /etc/r1v/{{ .Values.trainer.deepspeed }}.json
@@ -62,11 +63,15 @@ carries (helm upgrade keeps the budget), else a new one. Resolved once per rende
 {{ include "r1v.tmpEnv" . }}
 # Read by files/launch.sh.
 - name: R1V_MODEL_PATH
-  value: {{ include "r1v.modelPath" . }}
+  value: {{ include "r1v.modelPath" . | quote }}
 - name: R1V_DATASET_PATH
-  value: {{ include "r1v.datasetPath" . }}
+  value: {{ include "r1v.datasetPath" . | quote }}
+# The recipe keys the chart sets and their values: the trainer refuses a recipe (recipe.existingConfigMap)
+# that sets one of them otherwise, naming both, before any model loads.
+- name: R1V_CHART_KEYS
+  value: {{ include "r1v.recipeOwned" . | quote }}
 - name: R1V_CLAIM
-  value: {{ include "r1v.claimName" . }}
+  value: {{ include "r1v.claimName" . | quote }}
 - name: R1V_PREFLIGHT
   value: {{ ternary "1" "0" .Values.trainer.preflight | quote }}
 # SIGTERM to SIGKILL, less 15 s for torchrun and the launcher: the trainer's deadline for its save.
@@ -79,7 +84,7 @@ none under ExitCode, and the chart's TrainingRuntime leaves every retryable exit
 - name: R1V_MAX_RESTARTS
   value: {{ .Values.runPolicy.backoffLimit | quote }}
 - name: R1V_OUTPUT_DIR
-  value: {{ include "r1v.outputDir" . }}
+  value: {{ include "r1v.outputDir" . | quote }}
 - name: R1V_INSTALL_ID
   value: {{ include "r1v.installId" . | quote }}
 {{- if eq .Values.jobKind "PyTorchJob" }}
@@ -92,16 +97,16 @@ none under ExitCode, and the chart's TrainingRuntime leaves every retryable exit
 {{- end }}
 {{- if .Values.dataPrep.enabled }}
 - name: R1V_DATA_MARKER
-  value: {{ include "r1v.dataPrepMarker" . }}
+  value: {{ include "r1v.dataPrepMarker" . | quote }}
 - name: R1V_DATA_WAIT_TIMEOUT
   value: {{ .Values.dataPrep.waitTimeoutSeconds | quote }}
 {{- end }}
 {{- range $name, $value := .Values.trainer.nccl }}
-- name: {{ $name }}
+- name: {{ $name | quote }}
   value: {{ $value | toString | quote }}
 {{- end }}
 {{- range $name, $value := .Values.trainer.env }}
-- name: {{ $name }}
+- name: {{ $name | quote }}
   value: {{ $value | toString | quote }}
 {{- end }}
 {{- with .Values.trainer.extraEnv }}
@@ -112,12 +117,12 @@ none under ExitCode, and the chart's TrainingRuntime leaves every retryable exit
 {{/* GPUs per pod, requests = limits. */}}
 {{- define "r1v.trainer.resources" -}}
 requests:
-  {{- with .Values.trainer.resources.requests }}
+  {{- with omit (.Values.trainer.resources.requests | default dict) "nvidia.com/gpu" }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
   nvidia.com/gpu: {{ .Values.gpusPerNode }}
 limits:
-  {{- with .Values.trainer.resources.limits }}
+  {{- with omit (.Values.trainer.resources.limits | default dict) "nvidia.com/gpu" }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
   nvidia.com/gpu: {{ .Values.gpusPerNode }}
@@ -125,12 +130,12 @@ limits:
 
 {{- define "r1v.trainer.volumeMounts" -}}
 - name: data
-  mountPath: {{ include "r1v.dataRoot" . }}
+  mountPath: {{ include "r1v.dataRoot" . | quote }}
 - name: recipe
   mountPath: /etc/r1v
   readOnly: true
 - name: scripts
-  mountPath: {{ include "r1v.scriptsDir" . }}
+  mountPath: {{ include "r1v.scriptsDir" . | quote }}
   readOnly: true
 - name: dshm
   mountPath: /dev/shm
@@ -148,7 +153,7 @@ limits:
 - name: dshm
   emptyDir:
     medium: Memory
-    sizeLimit: {{ .Values.trainer.shmSize }}
+    sizeLimit: {{ .Values.trainer.shmSize | quote }}
 {{ include "r1v.tmpVolume" . }}
 {{- with .Values.trainer.extraVolumes }}
 {{ toYaml . }}
@@ -202,7 +207,7 @@ metadata:
   {{- include "r1v.trainer.podMetadata" $root | nindent 2 }}
 spec:
   {{- with include "r1v.trainerServiceAccount" $root }}
-  serviceAccountName: {{ . }}
+  serviceAccountName: {{ . | quote }}
   {{- end }}
   # The trainer never talks to the API server unless trainer.serviceAccount says so.
   automountServiceAccountToken: {{ $v.trainer.serviceAccount.automountServiceAccountToken }}
@@ -218,13 +223,13 @@ spec:
   # SIGTERM to SIGKILL: one step plus one checkpoint save (values.yaml has the figures).
   terminationGracePeriodSeconds: {{ $v.trainer.terminationGracePeriodSeconds }}
   {{- if and $v.gangScheduling.enabled $v.gangScheduling.schedulerName (ne .role "node") }}
-  schedulerName: {{ $v.gangScheduling.schedulerName }}
+  schedulerName: {{ $v.gangScheduling.schedulerName | quote }}
   {{- end }}
   {{- with $v.trainer.priorityClassName }}
-  priorityClassName: {{ . }}
+  priorityClassName: {{ . | quote }}
   {{- end }}
   {{- with $v.trainer.runtimeClassName }}
-  runtimeClassName: {{ . }}
+  runtimeClassName: {{ . | quote }}
   {{- end }}
   {{- if $v.trainer.hostNetwork }}
   hostNetwork: true
@@ -242,8 +247,8 @@ spec:
     # PyTorchJob: the operator requires a container named "pytorch" and injects PET_* (read by
     # torchrun) and MASTER_ADDR/MASTER_PORT/WORLD_SIZE/RANK into it. TrainJob: the Trainer's torch
     # plugin injects PET_* into the container named "node" of the replicated job "node".
-    - name: {{ include "r1v.trainerContainer" $root }}
-      image: {{ include "r1v.trainerImage" $root }}
+    - name: {{ include "r1v.trainerContainer" $root | quote }}
+      image: {{ include "r1v.trainerImage" $root | quote }}
       imagePullPolicy: {{ $v.image.trainer.pullPolicy }}
       {{- if ne .role "node" }}
       command:
