@@ -41,9 +41,17 @@ def _raw_key(value) -> tuple | None:
     return None
 
 
-def decode_images_once(rows: list[dict]) -> list[dict]:
+class UnusableImage:
+    """Stands in for an image that failed to decode (`decode_images_once(..., keep_going=True)`)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def decode_images_once(rows: list[dict], keep_going: bool = False) -> list[dict]:
     """The rows with raw images decoded as datasets' Image feature decodes them, each distinct one once
-    (rows repeating an image share its PIL object). Decoded images pass through unchanged."""
+    (rows repeating an image share its PIL object). Decoded images pass through unchanged. With
+    `keep_going`, an image that fails to decode becomes an UnusableImage naming the file and the error."""
     decoder, decoded = datasets.Image(), {}
 
     def decode(value):
@@ -51,7 +59,13 @@ def decode_images_once(rows: list[dict]) -> list[dict]:
         if key is None:
             return value
         if key not in decoded:
-            decoded[key] = decoder.decode_example(value)
+            try:
+                decoded[key] = decoder.decode_example(value)
+            except Exception as exc:  # PIL raises many types for bad files
+                if not keep_going:
+                    raise
+                decoded[key] = UnusableImage(f"{value.get('path') or 'image bytes'}: unreadable image "
+                                             f"({type(exc).__name__}: {exc})")
         return decoded[key]
 
     out = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from contextlib import contextmanager
@@ -10,13 +11,15 @@ from pathlib import Path
 import safetensors.torch
 import torch
 import trl.trainer.grpo_trainer as trl_grpo
+from PIL import Image
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
 from .checkpoints import fsync_tree, remove_completion_marker
 from .config import last_step
-from .image_work import decode_images_once, images_decoded_on_use, process_each_image_once
+from .image_work import UnusableImage, _ImageCache, decode_images_once, images_decoded_on_use, process_each_image_once
 from .preflight import UsageError
+from .processing import decoded_image_problem
 from .vision_dedup import enable_vision_dedup
 
 logger = logging.getLogger(__name__)
@@ -115,6 +118,10 @@ def model_keys_from_checkpoint(model, state_dict: dict) -> dict:
     return renamed
 
 
+class UnusableData(Exception):
+    """No row of the training data set can be processed any more (every image became unreadable)."""
+
+
 class R1VGRPOTrainer(GRPOTrainer):
     """GRPOTrainer, unchanged but for the overrides below."""
 
@@ -174,6 +181,7 @@ class R1VGRPOTrainer(GRPOTrainer):
                  process_images_once: bool = True, compile_generation: bool = False, **kwargs):
         self.dedup_vision, self.group_micro_batches = dedup_vision, group_micro_batches
         self.process_images_once, self.compile_generation = process_images_once, compile_generation
+        self.rows_skipped = 0  # rows replaced at run time (`_usable_rows`)
         if process_images_once and kwargs.get("train_dataset") is not None:
             kwargs["train_dataset"] = images_decoded_on_use(kwargs["train_dataset"])
         super().__init__(*args, **kwargs)
@@ -204,11 +212,76 @@ class R1VGRPOTrainer(GRPOTrainer):
         # batch per accumulation step and TRL uses only the first, so decoding happens here, once per
         # distinct image. The same PIL object then serves all of a prompt's rollouts, and the image
         # processor runs once per distinct image for TRL's two processor calls of the step.
+        inputs = self._usable_rows(inputs)
         if not self.process_images_once:
             return super()._generate_and_score_completions(inputs)
-        inputs = decode_images_once(inputs)
         with process_each_image_once(self.processing_class):
             return super()._generate_and_score_completions(inputs)
+
+    # --- A row that fails at run time ------------------------------------------------------------
+    # r1v_job.data checks every image before training, but a file can change after the check (the
+    # check's result is cached by the data set's fingerprint, not the images'), and the processor may
+    # refuse what the check let through. Raised inside a step, that error would recur at the same step
+    # on every restart (the data order is restored on resume): a crash loop. So each distinct image of
+    # the step is decoded, checked and run through the image processor here, before TRL builds any
+    # input, and each row whose image fails is replaced by a usable row of the data set.
+
+    def _image_verdict(self, image, verdicts: dict, keys: _ImageCache) -> str | None:
+        if isinstance(image, UnusableImage):
+            return image.reason
+        if not isinstance(image, Image.Image):
+            return None  # not an image this guard knows: TRL gets it as it is
+        key = keys.key(image)
+        if key not in verdicts:
+            name = getattr(image, "filename", "") or "image"
+            problem = decoded_image_problem(image)
+            if problem is None:
+                try:
+                    self.processing_class.image_processor(images=[image], return_tensors="pt")
+                except Exception as exc:  # whatever the processor raises, this image is the cause
+                    problem = f"the image processor failed ({type(exc).__name__}: {exc})"
+            verdicts[key] = f"{name}: {problem}" if problem else None
+        return verdicts[key]
+
+    def _row_problem(self, row: dict, verdicts: dict, keys: _ImageCache) -> str | None:
+        images = row.get("images") if isinstance(row.get("images"), list) else [row.get("image")]
+        return next((p for image in images if (p := self._image_verdict(image, verdicts, keys))), None)
+
+    def _usable_rows(self, rows: list[dict]) -> list[dict]:
+        """`rows` decoded, each row the processor cannot take replaced by a usable row of the data set.
+
+        The replacement is a function of the bad row's text alone (the data set row at its hash), so
+        every process that holds rollouts of that prompt puts the same row in its place, and a group of
+        num_generations rollouts stays one prompt. The number of rows stays the same: collectives and
+        the batch arithmetic are unchanged.
+        """
+        rows = decode_images_once(rows, keep_going=True)  # rows the data loader decoded pass through
+        verdicts, keys, replaced, out = {}, _ImageCache(), {}, []
+        for row in rows:
+            problem = self._row_problem(row, verdicts, keys)
+            if problem is None:
+                out.append(row)
+                continue
+            identity = hashlib.blake2b(repr((row.get("problem"), row.get("solution"), row.get("prompt"))).encode(),
+                                       digest_size=8).digest()
+            if identity not in replaced:
+                replaced[identity] = self._replacement(int.from_bytes(identity, "big"), verdicts, keys)
+                self.rows_skipped += 1
+                logger.warning("step %d: skipped a training row the processor cannot take (%s); trained on data "
+                               "set row %d in its place (%d rows skipped at run time so far)", self.state.global_step + 1,
+                               problem, replaced[identity][0], self.rows_skipped)
+            out.append(replaced[identity][1])
+        return out
+
+    def _replacement(self, seed: int, verdicts: dict, keys: _ImageCache) -> tuple[int, dict]:
+        dataset = self.train_dataset
+        for offset in range(len(dataset)):
+            index = (seed + offset) % len(dataset)
+            row = decode_images_once([dataset[index]], keep_going=True)[0]
+            if self._row_problem(row, verdicts, keys) is None:
+                return index, row
+        raise UnusableData(f"no row of the training data ({len(dataset)} rows) can be processed any more: "
+                           "every image is unreadable or refused; check the data volume")
 
 
 def _few(keys: list[str], shown: int = 5) -> str:

@@ -40,7 +40,7 @@ CASES = [
     ("empty jsonl", lambda a, t: a + ["--dataset_name", _file(t, "empty.jsonl", "")],
      r"dataset_name \S+empty.jsonl: no usable rows out of 0; the file has no rows"),
     ("only malformed lines", lambda a, t: a + ["--dataset_name", _file(t, "bad.jsonl", '{"image": \nnot json\n')],
-     r"bad.jsonl: no usable rows out of 2; first reasons: line 1: malformed JSON .*; line 2: malformed JSON"),
+     r"bad.jsonl: no usable rows out of 2; first reasons: \S+bad.jsonl:1: malformed JSON .*; \S+bad.jsonl:2: malformed JSON"),
     ("wrong schema", lambda a, t: a + ["--dataset_name", _file(t, "q.jsonl", '{"image_path": "x.png"}\n')],
      r"q.jsonl: missing columns \['image', 'problem', 'solution'\]"),
     ("reward_funcs a string", lambda a, t: ["--config", _recipe(t, "reward_funcs: [accuracy_reward, format_reward, "
