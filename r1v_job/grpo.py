@@ -28,7 +28,7 @@ from . import checkpoints as ckpt
 from .config import R1VScriptArguments, last_step
 from .data import DataError, load_train_dataset
 from .metrics import finish_training_metrics, training_callbacks
-from .preflight import UsageError, run_checks
+from .preflight import UsageError, check_recipe_types, run_checks
 from .processing import load_processor
 from .rewards import get_reward_funcs
 from .trainer import (FsyncCheckpointCallback, NothingToTrain, R1VGRPOTrainer, RemoveMarkerCallback,
@@ -238,13 +238,15 @@ def parse_args(argv: list[str] | None = None):
             raise UsageError("--config: expected a YAML file")
         config = argv[at + 1]
         try:
-            yaml.safe_load(Path(config).read_text())
+            recipe = yaml.safe_load(Path(config).read_text())
         except OSError as exc:
             raise UsageError(f"--config {config}: {exc.strerror or exc}") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f":{mark.line + 1}" if mark else ""
             raise UsageError(f"--config {config}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        if isinstance(recipe, dict):  # TrlParser names a file that is not a mapping itself
+            check_recipe_types(recipe, config, (R1VScriptArguments, GRPOConfig, ModelConfig))
     parser = _Parser((R1VScriptArguments, GRPOConfig, ModelConfig))
     try:
         *parsed, from_config, from_cli = parser.parse_args_and_config(
