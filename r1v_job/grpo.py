@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -27,12 +28,13 @@ from trl import GRPOConfig, ModelConfig, TrlParser
 from . import checkpoints as ckpt
 from .config import R1VScriptArguments, last_step
 from .data import DataError, load_train_dataset
+from .lease import Lease
 from .metrics import finish_training_metrics, training_callbacks
 from .preflight import UsageError, check_recipe_types, run_checks
 from .processing import load_processor
 from .rewards import get_reward_funcs
-from .trainer import (FsyncCheckpointCallback, NothingToTrain, R1VGRPOTrainer, RemoveMarkerCallback,
-                      StopAtStepCallback)
+from .trainer import (FsyncCheckpointCallback, LeaseCallback, NothingToTrain, R1VGRPOTrainer,
+                      RemoveMarkerCallback, StopAtStepCallback)
 
 logger = logging.getLogger("r1v_job")
 
@@ -176,6 +178,27 @@ def run(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: 
     last step (stop_at_step, else the schedule's max_steps); no marker in output_dir while training.
     """
     run_checks(script_args, training_args, model_args)
+    with output_dir_lease(script_args, training_args) as lease:
+        return _run(script_args, training_args, model_args, callbacks, lease)
+
+
+@contextmanager
+def output_dir_lease(script_args: R1VScriptArguments, training_args: GRPOConfig):
+    """Rank 0 holds the output_dir's lease (r1v_job.lease) from before anything is written or loaded
+    until the run ends; the other ranks write what rank 0 coordinates."""
+    if not _is_main_process() or not script_args.output_dir_lease_stale_minutes:
+        yield None
+        return
+    lease = Lease(training_args.output_dir, script_args.output_dir_lease_stale_minutes)
+    lease.acquire()
+    try:
+        yield lease
+    finally:
+        lease.release()
+
+
+def _run(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: ModelConfig,
+         callbacks: list | None, lease: Lease | None) -> R1VGRPOTrainer | None:
     out = Path(training_args.output_dir)
     marker_name = script_args.completion_marker
     resume = training_args.resume_from_checkpoint
@@ -202,11 +225,15 @@ def run(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: 
 
     trainer = build_trainer(script_args, training_args, model_args, callbacks)
     trainer.add_callback(RemoveMarkerCallback(marker_name))
+    if lease is not None:
+        trainer.add_callback(LeaseCallback(lease))
     try:
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     except NothingToTrain as reached:
         _finish_without_training(out, marker_name, resume, reached.global_step)
         return None
+    if lease is not None:
+        lease.check()
     trainer.save_model(training_args.output_dir)  # on every rank: ZeRO-3 gathers the shards collectively
     if trainer.accelerator.is_main_process:
         marker = ckpt.write_completion_marker(out, marker_name, trainer.state.global_step)

@@ -291,6 +291,7 @@ VALUE_RULES: dict[str, tuple[typing.Callable, str]] = {
     "max_train_samples": (_at_least(1, integer=True, optional=True), "a positive integer or null"),
     "bootstrap_scenes": (_at_least(1, integer=True), "a positive integer"),
     "metrics_grace_seconds": (_at_least(0), "a finite non-negative number (seconds)"),
+    "output_dir_lease_stale_minutes": (_at_least(0), "a finite non-negative number (minutes; 0: no lease)"),
     "stop_at_step": (_at_least(-math.inf, integer=True, optional=True), "an integer or null"),
 }
 
