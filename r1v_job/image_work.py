@@ -99,6 +99,28 @@ class _ImageCache:
         return known
 
 
+class UnprocessableImages(Exception):
+    """The image processor failed on these images of the step (`failed`: [(image, reason)]);
+    `first_call`: in the step's first processor call, before any generation."""
+
+    def __init__(self, failed: list, first_call: bool):
+        super().__init__("; ".join(reason for _, reason in failed))
+        self.failed, self.first_call = failed, first_call
+
+
+def _name_the_failing_images(processor, images: list, kwargs: dict, first_call: bool) -> None:
+    """After the image processor failed on `images`: raises UnprocessableImages naming those it fails on
+    alone; returns when each passes alone (the failure is not an image's)."""
+    failed = []
+    for image in images:
+        try:
+            processor.image_processor([image], **kwargs)
+        except Exception as exc:  # whatever the processor raises, this image is its cause
+            failed.append((image, f"the image processor failed ({type(exc).__name__}: {exc})"))
+    if failed:
+        raise UnprocessableImages(failed, first_call)
+
+
 @contextmanager
 def process_each_image_once(processor):
     """While active, `processor(images=..., ...)` runs its image processor only on images it has not
@@ -122,7 +144,11 @@ def process_each_image_once(processor):
                 todo.append(image)
                 todo_keys.append(key)
         if todo:
-            fresh = processor.image_processor(todo, **kwargs)
+            try:
+                fresh = processor.image_processor(todo, **kwargs)
+            except Exception:
+                _name_the_failing_images(processor, todo, kwargs, first_call=not cache.entries)
+                raise
             if set(fresh.keys()) != set(_ImageCache.FIELDS):
                 return original(images, **kwargs)  # a layout this cache does not know
             grid = torch.as_tensor(fresh["image_grid_thw"])

@@ -17,7 +17,8 @@ from trl import GRPOTrainer
 
 from .checkpoints import fsync_tree, remove_completion_marker
 from .config import last_step
-from .image_work import UnusableImage, _ImageCache, decode_images_once, images_decoded_on_use, process_each_image_once
+from .image_work import (UnprocessableImages, UnusableImage, _ImageCache, decode_images_once, images_decoded_on_use,
+                         process_each_image_once)
 from .preflight import UsageError
 from .processing import decoded_image_problem
 from .vision_dedup import enable_vision_dedup
@@ -227,39 +228,50 @@ class R1VGRPOTrainer(GRPOTrainer):
         inputs = self._usable_rows(inputs)
         if not self.process_images_once:
             return super()._generate_and_score_completions(inputs)
-        with process_each_image_once(self.processing_class):
-            return super()._generate_and_score_completions(inputs)
+        refused: dict[tuple, str] = {}  # image content (_ImageCache key) -> why the processor failed on it
+        while True:
+            try:
+                with process_each_image_once(self.processing_class):
+                    return super()._generate_and_score_completions(inputs)
+            except UnprocessableImages as failed:
+                # Raised by TRL's first processor call, before generation and before any collective:
+                # the step can start again without the rows. Any later call is not retried.
+                failing = {_ImageCache().key(image): reason for image, reason in failed.failed}
+                if not failed.first_call or failing.keys() <= refused.keys():
+                    raise
+                refused.update(failing)
+                inputs = self._usable_rows(inputs, refused)
 
     # --- A row that fails at run time ------------------------------------------------------------
     # r1v_job.data checks every image before training, but a file can change after the check (the
     # check's result is cached by the data set's fingerprint, not the images'), and the processor may
-    # refuse what the check let through. Raised inside a step, that error would recur at the same step
+    # fail on what the check let through. Raised inside a step, that error would recur at the same step
     # on every restart (the data order is restored on resume): a crash loop. So each distinct image of
-    # the step is decoded, checked and run through the image processor here, before TRL builds any
-    # input, and each row whose image fails is replaced by a usable row of the data set.
+    # the step is decoded and checked here (r1v_job.processing.decoded_image_problem), and an image the
+    # processor fails on in TRL's first processor call of the step is refused and the step begins
+    # again; each row with a failing image is replaced by a usable row of the data set. With
+    # process_images_once off, the data loader decodes the images (a failure there is not caught) and
+    # processor failures are not caught either: that path is the speed lever's baseline.
 
-    def _image_verdict(self, image, verdicts: dict, keys: _ImageCache) -> str | None:
+    def _image_verdict(self, image, verdicts: dict, keys: _ImageCache, refused: dict) -> str | None:
         if isinstance(image, UnusableImage):
             return image.reason
         if not isinstance(image, Image.Image):
             return None  # not an image this guard knows: TRL gets it as it is
+        name = getattr(image, "filename", "") or "image"
         key = keys.key(image)
+        if key in refused:
+            return f"{name}: {refused[key]}"
         if key not in verdicts:
-            name = getattr(image, "filename", "") or "image"
             problem = decoded_image_problem(image)
-            if problem is None:
-                try:
-                    self.processing_class.image_processor(images=[image], return_tensors="pt")
-                except Exception as exc:  # whatever the processor raises, this image is the cause
-                    problem = f"the image processor failed ({type(exc).__name__}: {exc})"
             verdicts[key] = f"{name}: {problem}" if problem else None
         return verdicts[key]
 
-    def _row_problem(self, row: dict, verdicts: dict, keys: _ImageCache) -> str | None:
+    def _row_problem(self, row: dict, verdicts: dict, keys: _ImageCache, refused: dict) -> str | None:
         images = row.get("images") if isinstance(row.get("images"), list) else [row.get("image")]
-        return next((p for image in images if (p := self._image_verdict(image, verdicts, keys))), None)
+        return next((p for image in images if (p := self._image_verdict(image, verdicts, keys, refused))), None)
 
-    def _usable_rows(self, rows: list[dict]) -> list[dict]:
+    def _usable_rows(self, rows: list[dict], refused: dict | None = None) -> list[dict]:
         """`rows` decoded, each row the processor cannot take replaced by a usable row of the data set.
 
         The replacement is a function of the bad row's text alone (the data set row at its hash), so
@@ -268,16 +280,16 @@ class R1VGRPOTrainer(GRPOTrainer):
         the batch arithmetic are unchanged.
         """
         rows = decode_images_once(rows, keep_going=True)  # rows the data loader decoded pass through
-        verdicts, keys, replaced, out = {}, _ImageCache(), {}, []
+        verdicts, keys, replaced, out, refused = {}, _ImageCache(), {}, [], refused or {}
         for row in rows:
-            problem = self._row_problem(row, verdicts, keys)
+            problem = self._row_problem(row, verdicts, keys, refused)
             if problem is None:
                 out.append(row)
                 continue
             identity = hashlib.blake2b(repr((row.get("problem"), row.get("solution"), row.get("prompt"))).encode(),
                                        digest_size=8).digest()
             if identity not in replaced:
-                replaced[identity] = self._replacement(int.from_bytes(identity, "big"), verdicts, keys)
+                replaced[identity] = self._replacement(int.from_bytes(identity, "big"), verdicts, keys, refused)
                 self.rows_skipped += 1
                 logger.warning("step %d: skipped a training row the processor cannot take (%s); trained on data "
                                "set row %d in its place (%d rows skipped at run time so far)", self.state.global_step + 1,
@@ -285,12 +297,12 @@ class R1VGRPOTrainer(GRPOTrainer):
             out.append(replaced[identity][1])
         return out
 
-    def _replacement(self, seed: int, verdicts: dict, keys: _ImageCache) -> tuple[int, dict]:
+    def _replacement(self, seed: int, verdicts: dict, keys: _ImageCache, refused: dict) -> tuple[int, dict]:
         dataset = self.train_dataset
         for offset in range(len(dataset)):
             index = (seed + offset) % len(dataset)
             row = decode_images_once([dataset[index]], keep_going=True)[0]
-            if self._row_problem(row, verdicts, keys) is None:
+            if self._row_problem(row, verdicts, keys, refused) is None:
                 return index, row
         raise UnusableData(f"no row of the training data ({len(dataset)} rows) can be processed any more: "
                            "every image is unreadable or refused; check the data volume")

@@ -75,3 +75,34 @@ def test_bad_rows_are_dropped_and_a_row_failing_mid_run_is_replaced(clevr_train,
     # Step 2's rows had truncated images: each was replaced by the one readable image's row.
     assert "step 2: skipped a training row the processor cannot take" in log and "unreadable image" in log
     assert len(given) == 2 and given[1] == {keep.name}, given
+
+
+def test_an_image_the_processor_fails_on_starts_the_step_again_without_it(clevr_train, tiny_model_dir, tmp_path):
+    from transformers.image_utils import make_flat_list_of_images
+
+    from r1v_job.grpo import build_trainer, parse_args
+    from r1v_job.image_work import decode_images_once
+
+    trainer = build_trainer(*parse_args([
+        "--config", str(SMOKE), "--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(clevr_train),
+        "--output_dir", str(tmp_path / "run"), "--offline_bootstrap", "false"]))
+    rows = [trainer.train_dataset[i] for i in (0, 1) for _ in range(4)]  # 2 prompts x 4 rollouts, images undecoded
+    failing = decode_images_once(rows[:1])[0]["image"].tobytes()
+    processor = trainer.processing_class.image_processor
+    real, calls = processor.preprocess, []
+
+    def preprocess(images, *args, **kwargs):  # passes the check, fails in the processor: a failure nobody foresaw
+        flat = make_flat_list_of_images(images)
+        calls.append(any(image.tobytes() == failing for image in flat))
+        if calls[-1]:
+            raise ValueError("cannot resize this image")
+        return real(images, *args, **kwargs)
+
+    processor.preprocess = preprocess
+    trainer.model.train()
+    batch = trainer._generate_and_score_completions(rows)
+    assert trainer.rows_skipped == 1
+    assert batch["prompt_ids"].shape[0] == 8  # the same number of rollouts, the group kept whole
+    # The step's two images failed together, then each was tried alone; the step started again without
+    # the failing one, and the pixels the model got came from calls without it.
+    assert calls[:3] == [True, True, False] and calls[3:] and not any(calls[3:]), calls
