@@ -4,11 +4,10 @@ row of the data set: the model is never given it, and the run ends normally."""
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
-import pytest
-from PIL import Image
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
@@ -71,7 +70,7 @@ def test_bad_rows_are_dropped_and_a_row_failing_mid_run_is_replaced(clevr_train,
                          (26, r"image \S+fifo.png is a FIFO, not a regular file"),
                          (27, r"image is a number \(42\), not a path"),
                          (28, r"colour mode CMYK \(accepted: ")):
-        assert __import__("re").search(rf"dropped {jsonl}:{line}: {reason}", log), (line, log)
+        assert re.search(rf"dropped {jsonl}:{line}: {reason}", log), (line, log)
     # Step 2's rows had truncated images: each was replaced by the one readable image's row.
     assert "step 2: skipped a training row the processor cannot take" in log and "unreadable image" in log
     assert len(given) == 2 and given[1] == {keep.name}, given
