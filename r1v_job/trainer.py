@@ -259,13 +259,12 @@ class R1VGRPOTrainer(GRPOTrainer):
         if not isinstance(image, Image.Image):
             return None  # not an image this guard knows: TRL gets it as it is
         name = getattr(image, "filename", "") or "image"
-        key = keys.key(image)
-        if key in refused:
+        if refused and (key := keys.key(image)) in refused:  # by content: a replacement may hold the same image
             return f"{name}: {refused[key]}"
-        if key not in verdicts:
+        if id(image) not in verdicts:  # the image is kept with its verdict, so its id stays its own
             problem = decoded_image_problem(image)
-            verdicts[key] = f"{name}: {problem}" if problem else None
-        return verdicts[key]
+            verdicts[id(image)] = (image, f"{name}: {problem}" if problem else None)
+        return verdicts[id(image)][1]
 
     def _row_problem(self, row: dict, verdicts: dict, keys: _ImageCache, refused: dict) -> str | None:
         images = row.get("images") if isinstance(row.get("images"), list) else [row.get("image")]
