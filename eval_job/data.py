@@ -1,9 +1,11 @@
 """Reading R1-V's evaluation format: one JSON object a line,
 `{"image_path": "./images/x.png", "question": "How many ...?", "ground_truth": 4}`.
 
-A bad row (text that is not UTF-8, malformed JSON, a missing field, a non-integer ground truth, a missing or unreadable
-image) is skipped and reported as `FILE:LINE: reason`, so one broken image cannot sink a 200-question
-run; the count of skips is part of every summary. Zero usable questions is an error.
+A bad row (text that is not UTF-8, malformed JSON, a missing field, a non-integer ground truth, an
+`image_path` that is not text, an image that `r1v_job.processing.image_problem` refuses: missing, not a
+regular file, not decodable, an aspect ratio Qwen2-VL refuses, too many pixels, a colour mode such as
+CMYK, too slow to read) is skipped and reported as `FILE:LINE: reason`, so one broken image cannot sink
+a 200-question run; the skipped rows are named in every summary. Zero usable questions is an error.
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
+from r1v_job.processing import image_problem
 from r1v_job.synthetic import jsonl_lines
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class Question:
     image_path: Path  # resolved
     question: str
     ground_truth: int
+    file: str = ""  # the question file, as given
 
 
 @dataclass(frozen=True)
@@ -52,16 +54,12 @@ def _ground_truth(value) -> int:
 
 
 def _check_image(path: Path) -> None:
-    if not path.is_file():
-        raise ValueError(f"image not found: {path}")
-    try:
-        with Image.open(path) as image:
-            image.load()  # decodes the pixels: a truncated file fails here, not mid-batch
-    except Exception as e:  # PIL raises OSError, SyntaxError or ValueError depending on the codec
-        raise ValueError(f"unreadable image {path}: {e}") from e
+    # Decodes the pixels: a truncated file fails here, not mid-batch; a FIFO is never opened.
+    if problem := image_problem(path):
+        raise ValueError(problem if str(path) in problem else f"{problem}: {path}")
 
 
-def _parse(row: dict, root: Path, line: int) -> Question:
+def _parse(row: dict, root: Path, line: int, file: str) -> Question:
     missing = [k for k in ("image_path", "question", "ground_truth") if k not in row]
     if missing:
         raise ValueError(f"missing field(s): {', '.join(missing)}")
@@ -70,10 +68,13 @@ def _parse(row: dict, root: Path, line: int) -> Question:
     truth = _ground_truth(row["ground_truth"])
     image = row["image_path"]
     if not isinstance(image, str) or not image:
-        raise ValueError("image_path must be a non-empty string")
+        kind = "a list" if isinstance(image, list) else "an object" if isinstance(image, dict) else \
+            "a number" if isinstance(image, (int, float)) and not isinstance(image, bool) else repr(image)
+        raise ValueError(f"image_path must be a path, got {kind}" + (f" ({image})" if kind.startswith("a") else ""))
     image_path = Path(image) if Path(image).is_absolute() else root / image
     _check_image(image_path)
-    return Question(line=line, image=image, image_path=image_path, question=row["question"], ground_truth=truth)
+    return Question(line=line, image=image, image_path=image_path, question=row["question"], ground_truth=truth,
+                    file=file)
 
 
 def read_questions(path: str | Path, image_root: str | Path | None = None) -> tuple[list[Question], list[Skip]]:
@@ -91,7 +92,7 @@ def read_questions(path: str | Path, image_root: str | Path | None = None) -> tu
         try:
             if row is None:
                 raise ValueError(problem)
-            questions.append(_parse(row, root, number))
+            questions.append(_parse(row, root, number, str(path)))
         except ValueError as e:
             skip = Skip(str(path), number, str(e))
             log.warning("skipped %s", skip)

@@ -80,23 +80,48 @@ def load_done(directory: Path, settings: dict) -> dict | None:
     return summary
 
 
+def _generate(generator, batch: list[Question], template: str, max_new_tokens: int
+              ) -> tuple[list[Question], list[str], list[Skip]]:
+    """(questions answered, their outputs, rows skipped). A batch that fails is looked at row by row: rows
+    whose image the processor fails on alone are skipped (named like bad rows) and the others answered;
+    when no row is the cause (out of memory, a bug), the error stands."""
+    try:
+        return batch, generator.generate([q.image_path for q in batch], [q.question for q in batch], template,
+                                         max_new_tokens), []
+    except Exception:
+        check = getattr(generator, "image_problem", None)
+        problems = {id(q): p for q in batch if check is not None and (p := check(q.image_path))}
+        if not problems:
+            raise
+    skips = [Skip(q.file, q.line, f"failed while scoring: {problems[id(q)]}") for q in batch if id(q) in problems]
+    for skip in skips:
+        log.warning("skipped %s", skip)
+    keep = [q for q in batch if id(q) not in problems]
+    if not keep:
+        return [], [], skips
+    answered, outputs, more = _generate(generator, keep, template, max_new_tokens)
+    return answered, outputs, skips + more
+
+
 def evaluate_prompt(generator, questions: list[Question], prompt: str, batch_size: int, max_new_tokens: int,
-                    label: str = "") -> tuple[list[dict], float]:
-    """Result rows for every question, and the seconds it took."""
+                    label: str = "", failed: list[Skip] | None = None) -> tuple[list[dict], float]:
+    """Result rows for every question, and the seconds it took. Rows the processor fails on are left
+    out of the results and appended to `failed`."""
     template, extract = EVAL_PROMPTS[prompt], RULES[prompt]
     rows: list[dict] = []
+    failed = [] if failed is None else failed
     start = time.perf_counter()
     for first in range(0, len(questions), batch_size):
-        batch = questions[first:first + batch_size]
-        outputs = generator.generate([q.image_path for q in batch], [q.question for q in batch], template,
-                                     max_new_tokens)
+        batch, outputs, skips = _generate(generator, questions[first:first + batch_size], template, max_new_tokens)
+        failed += skips
         for q, output in zip(batch, outputs, strict=True):
             answer = extract(output)
             rows.append({"line": q.line, "image": q.image, "question": q.question, "ground_truth": q.ground_truth,
                          "model_output": output, "extracted_answer": answer, "correct": answer == q.ground_truth})
-        rate = len(rows) / max(time.perf_counter() - start, 1e-9)
-        eta = timedelta(seconds=round((len(questions) - len(rows)) / rate))
-        log.info("%s %s: %d/%d questions | %.2f questions/s | ETA %s", label, prompt, len(rows), len(questions),
+        done = len(rows) + len(failed)
+        rate = done / max(time.perf_counter() - start, 1e-9)
+        eta = timedelta(seconds=round((len(questions) - done) / rate))
+        log.info("%s %s: %d/%d questions | %.2f questions/s | ETA %s", label, prompt, done, len(questions),
                  rate, eta)
     return rows, time.perf_counter() - start
 
@@ -176,9 +201,10 @@ def evaluate_target(target: Target, questions: list[Question], skipped: list[Ski
             if summary is None:
                 if generator is None:
                     generator = load(target)
+                failed: list[Skip] = []
                 rows, duration = evaluate_prompt(generator, questions, prompt, batch_size, max_new_tokens,
-                                                 target.name)
-                summary = summarize(rows, duration, target, prompt, skipped, benchmark, settings)
+                                                 target.name, failed)
+                summary = summarize(rows, duration, target, prompt, skipped + failed, benchmark, settings)
                 write_atomically(directory / RESULTS, "".join(json.dumps(r) + "\n" for r in rows))
                 write_atomically(directory / SUMMARY, json.dumps(summary, indent=2) + "\n")
                 evaluated_now += 1

@@ -49,6 +49,15 @@ class Generator:
         self.model.to(self.device).eval()
         log.info("loaded %s on %s (%s, %s)", model_dir, self.device, dtype, attn)
 
+    def image_problem(self, path: Path) -> str | None:
+        """Why the processor fails on the image at `path` (opened as `generate` opens it), or None."""
+        try:
+            with Image.open(path) as image:
+                self.processor.image_processor(images=[image.convert("RGB")], return_tensors="pt")
+        except Exception as exc:  # whatever PIL or the processor raises, this image is the cause
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
     @torch.inference_mode()
     def generate(self, images: list[Path], questions: list[str], template: str, max_new_tokens: int) -> list[str]:
         """One decoded completion per (image, question); `template` is one of r1v_job.prompts'."""

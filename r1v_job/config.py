@@ -63,6 +63,13 @@ class R1VScriptArguments(ScriptArguments):
                           "and data paths, the data set's rows, the metrics port), then exit: 0 when usable, 2 with "
                           "one line naming the problem. For a pod's init step, so bad input fails in seconds."},
     )
+    output_dir_lease_stale_minutes: float = field(
+        default=5.0,
+        metadata={"help": "One writer per output_dir: rank 0 holds a lease there (OUTPUT_DIR/.r1v-lease.json, renewed "
+                          "every 30 s or a third of this) and a second run on the folder exits 2 naming the owner. A "
+                          "lease not renewed for this many minutes is stale (its holder died) and is taken over with a "
+                          "warning. 0 turns the lease off."},
+    )
     completion_marker: str = field(
         default=COMPLETION_MARKER,
         metadata={"help": "File written in output_dir once the final model is saved; the evaluator waits on it."},

@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -29,13 +30,14 @@ from trl import GRPOConfig, ModelConfig, TrlParser
 from . import checkpoints as ckpt
 from .config import R1VScriptArguments, last_step
 from .data import DataError, load_train_dataset
+from .lease import Lease
 from .metrics import finish_training_metrics, training_callbacks
-from .preflight import UsageError, check_chart_keys, run_checks
+from .preflight import UsageError, check_chart_keys, check_recipe_types, run_checks
 from .processing import load_processor
 from .rewards import get_reward_funcs
 from .preemption import (PREEMPTED, DiskFull, Preempted, PreemptionCallback, StopRequest, is_disk_full,
                          mark_preempted, remove_partial)
-from .trainer import NothingToTrain, R1VGRPOTrainer, RemoveMarkerCallback, StopAtStepCallback
+from .trainer import LeaseCallback, NothingToTrain, R1VGRPOTrainer, RemoveMarkerCallback, StopAtStepCallback
 
 logger = logging.getLogger("r1v_job")
 
@@ -194,6 +196,27 @@ def run(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: 
 def _run(stop: StopRequest, script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: ModelConfig,
          callbacks: list | None) -> R1VGRPOTrainer | None:
     run_checks(script_args, training_args, model_args)
+    with output_dir_lease(script_args, training_args) as lease:
+        return _train(stop, script_args, training_args, model_args, callbacks, lease)
+
+
+@contextmanager
+def output_dir_lease(script_args: R1VScriptArguments, training_args: GRPOConfig):
+    """Rank 0 holds the output_dir's lease (r1v_job.lease) from before anything is written or loaded
+    until the run ends; the other ranks write what rank 0 coordinates."""
+    if not _is_main_process() or not script_args.output_dir_lease_stale_minutes:
+        yield None
+        return
+    lease = Lease(training_args.output_dir, script_args.output_dir_lease_stale_minutes)
+    lease.acquire()
+    try:
+        yield lease
+    finally:
+        lease.release()
+
+
+def _train(stop: StopRequest, script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: ModelConfig,
+           callbacks: list | None, lease: Lease | None) -> R1VGRPOTrainer | None:
     out = Path(training_args.output_dir)
     marker_name = script_args.completion_marker
     resume = training_args.resume_from_checkpoint
@@ -220,6 +243,8 @@ def _run(stop: StopRequest, script_args: R1VScriptArguments, training_args: GRPO
 
     trainer = build_trainer(script_args, training_args, model_args, callbacks)
     trainer.add_callback(RemoveMarkerCallback(marker_name))
+    if lease is not None:
+        trainer.add_callback(LeaseCallback(lease))
     preemption = PreemptionCallback(stop)
     trainer.add_callback(preemption)  # last: it may override the save the callbacks before it asked for
     try:
@@ -236,6 +261,8 @@ def _run(stop: StopRequest, script_args: R1VScriptArguments, training_args: GRPO
         newest = ckpt.latest_complete_checkpoint(out, training_state)
         raise Preempted(f"stopped on SIGTERM after step {step} without a checkpoint (no time left to save one); "
                         f"the restart resumes from {newest or 'step 0'}")
+    if lease is not None:
+        lease.check()
     try:
         trainer.save_model(training_args.output_dir)  # on every rank: ZeRO-3 gathers the shards collectively
     except Exception as exc:
@@ -289,6 +316,8 @@ def parse_args(argv: list[str] | None = None):
             mark = getattr(exc, "problem_mark", None)
             where = f":{mark.line + 1}" if mark else ""
             raise UsageError(f"--config {config}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        if isinstance(recipe, dict):  # TrlParser names a file that is not a mapping itself
+            check_recipe_types(recipe, config, (R1VScriptArguments, GRPOConfig, ModelConfig))
         check_chart_keys(config, recipe)
     parser = _Parser((R1VScriptArguments, GRPOConfig, ModelConfig))
     try:

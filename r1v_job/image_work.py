@@ -45,9 +45,17 @@ def _raw_key(value) -> tuple | None:
     return None
 
 
-def decode_images_once(rows: list[dict]) -> list[dict]:
+class UnusableImage:
+    """Stands in for an image that failed to decode (`decode_images_once(..., keep_going=True)`)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def decode_images_once(rows: list[dict], keep_going: bool = False) -> list[dict]:
     """The rows with raw images decoded as datasets' Image feature decodes them, each distinct one once
-    (rows repeating an image share its PIL object). Decoded images pass through unchanged."""
+    (rows repeating an image share its PIL object). Decoded images pass through unchanged. With
+    `keep_going`, an image that fails to decode becomes an UnusableImage naming the file and the error."""
     decoder, decoded = datasets.Image(), {}
 
     def decode(value):
@@ -55,7 +63,13 @@ def decode_images_once(rows: list[dict]) -> list[dict]:
         if key is None:
             return value
         if key not in decoded:
-            decoded[key] = decoder.decode_example(value)
+            try:
+                decoded[key] = decoder.decode_example(value)
+            except Exception as exc:  # PIL raises many types for bad files
+                if not keep_going:
+                    raise
+                decoded[key] = UnusableImage(f"{value.get('path') or 'image bytes'}: unreadable image "
+                                             f"({type(exc).__name__}: {exc})")
         return decoded[key]
 
     out = []
@@ -105,6 +119,28 @@ def _assemble(chunks: list[torch.Tensor], keys: list) -> torch.Tensor:
     return unique.index_select(0, rows.to(unique.device, non_blocking=True))
 
 
+class UnprocessableImages(Exception):
+    """The image processor failed on these images of the step (`failed`: [(image, reason)]);
+    `first_call`: in the step's first processor call, before any generation."""
+
+    def __init__(self, failed: list, first_call: bool):
+        super().__init__("; ".join(reason for _, reason in failed))
+        self.failed, self.first_call = failed, first_call
+
+
+def _name_the_failing_images(processor, images: list, kwargs: dict, first_call: bool) -> None:
+    """After the image processor failed on `images`: raises UnprocessableImages naming those it fails on
+    alone; returns when each passes alone (the failure is not an image's)."""
+    failed = []
+    for image in images:
+        try:
+            processor.image_processor([image], **kwargs)
+        except Exception as exc:  # whatever the processor raises, this image is its cause
+            failed.append((image, f"the image processor failed ({type(exc).__name__}: {exc})"))
+    if failed:
+        raise UnprocessableImages(failed, first_call)
+
+
 @contextmanager
 def process_each_image_once(processor, device: torch.device | str | None = None):
     """While active, `processor(images=..., ...)` runs its image processor only on images it has not
@@ -132,7 +168,11 @@ def process_each_image_once(processor, device: torch.device | str | None = None)
                 todo.append(image)
                 todo_keys.append(key)
         if todo:
-            fresh = processor.image_processor(todo, **kwargs)
+            try:
+                fresh = processor.image_processor(todo, **kwargs)
+            except Exception:
+                _name_the_failing_images(processor, todo, kwargs, first_call=not cache.entries)
+                raise
             if set(fresh.keys()) != set(_ImageCache.FIELDS):
                 return original(images, **kwargs)  # a layout this cache does not know
             grid = torch.as_tensor(fresh["image_grid_thw"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from contextlib import contextmanager
@@ -10,15 +11,18 @@ from pathlib import Path
 import safetensors.torch
 import torch
 import trl.trainer.grpo_trainer as trl_grpo
+from PIL import Image
 from transformers import TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
 
 from .checkpoints import checkpoint_problem, fsync_tree, remove_completion_marker
 from .config import last_step
-from .image_work import decode_images_once, images_decoded_on_use, process_each_image_once
+from .image_work import (UnprocessableImages, UnusableImage, _ImageCache, decode_images_once, images_decoded_on_use,
+                         process_each_image_once)
 from .preflight import UsageError
 from .preemption import DiskFull, is_disk_full, remove_partial
+from .processing import decoded_image_problem
 from .vision_dedup import enable_rope_index_once, enable_vision_dedup
 
 logger = logging.getLogger(__name__)
@@ -74,6 +78,18 @@ class RemoveMarkerCallback(TrainerCallback):
         return control
 
 
+class LeaseCallback(TrainerCallback):
+    """Stops rank 0 at the end of a step (before that step's save) once another writer has taken the
+    output_dir's lease: two runs must not overwrite each other's checkpoints (r1v_job.lease)."""
+
+    def __init__(self, lease):
+        self.lease = lease
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.lease.check()
+        return control
+
+
 def model_keys_from_checkpoint(model, state_dict: dict) -> dict:
     """`state_dict` read from a checkpoint, with its keys renamed the way `from_pretrained` renames them.
 
@@ -101,6 +117,10 @@ def model_keys_from_checkpoint(model, state_dict: dict) -> dict:
                               "resuming such a model is not supported")
         renamed[new_key] = tensor
     return renamed
+
+
+class UnusableData(Exception):
+    """No row of the training data set can be processed any more (every image became unreadable)."""
 
 
 class R1VGRPOTrainer(GRPOTrainer):
@@ -204,6 +224,7 @@ class R1VGRPOTrainer(GRPOTrainer):
         self.dedup_vision, self.group_micro_batches = dedup_vision, group_micro_batches
         self.process_images_once, self.compile_generation = process_images_once, compile_generation
         self.send_images_once, self.rope_index_once = send_images_once, rope_index_once
+        self.rows_skipped = 0  # rows replaced at run time (`_usable_rows`)
         if process_images_once and kwargs.get("train_dataset") is not None:
             kwargs["train_dataset"] = images_decoded_on_use(kwargs["train_dataset"])
         super().__init__(*args, **kwargs)
@@ -238,12 +259,87 @@ class R1VGRPOTrainer(GRPOTrainer):
         # batch per accumulation step and TRL uses only the first, so decoding happens here, once per
         # distinct image. The same PIL object then serves all of a prompt's rollouts, and the image
         # processor runs once per distinct image for TRL's two processor calls of the step.
+        inputs = self._usable_rows(inputs)
         if not self.process_images_once:
             return super()._generate_and_score_completions(inputs)
-        inputs = decode_images_once(inputs)
         device = self.accelerator.device if self.send_images_once else None
-        with process_each_image_once(self.processing_class, device=device):
-            return super()._generate_and_score_completions(inputs)
+        refused: dict[tuple, str] = {}  # image content (_ImageCache key) -> why the processor failed on it
+        while True:
+            try:
+                with process_each_image_once(self.processing_class, device=device):
+                    return super()._generate_and_score_completions(inputs)
+            except UnprocessableImages as failed:
+                # Raised by TRL's first processor call, before generation and before any collective:
+                # the step can start again without the rows. Any later call is not retried.
+                failing = {_ImageCache().key(image): reason for image, reason in failed.failed}
+                if not failed.first_call or failing.keys() <= refused.keys():
+                    raise
+                refused.update(failing)
+                inputs = self._usable_rows(inputs, refused)
+
+    # --- A row that fails at run time ------------------------------------------------------------
+    # r1v_job.data checks every image before training, but a file can change after the check (the
+    # check's result is cached by the data set's fingerprint, not the images'), and the processor may
+    # fail on what the check let through. Raised inside a step, that error would recur at the same step
+    # on every restart (the data order is restored on resume): a crash loop. So each distinct image of
+    # the step is decoded and checked here (r1v_job.processing.decoded_image_problem), and an image the
+    # processor fails on in TRL's first processor call of the step is refused and the step begins
+    # again; each row with a failing image is replaced by a usable row of the data set. With
+    # process_images_once off, the data loader decodes the images (a failure there is not caught) and
+    # processor failures are not caught either: that path is the speed lever's baseline.
+
+    def _image_verdict(self, image, verdicts: dict, keys: _ImageCache, refused: dict) -> str | None:
+        if isinstance(image, UnusableImage):
+            return image.reason
+        if not isinstance(image, Image.Image):
+            return None  # not an image this guard knows: TRL gets it as it is
+        name = getattr(image, "filename", "") or "image"
+        if refused and (key := keys.key(image)) in refused:  # by content: a replacement may hold the same image
+            return f"{name}: {refused[key]}"
+        if id(image) not in verdicts:  # the image is kept with its verdict, so its id stays its own
+            problem = decoded_image_problem(image)
+            verdicts[id(image)] = (image, f"{name}: {problem}" if problem else None)
+        return verdicts[id(image)][1]
+
+    def _row_problem(self, row: dict, verdicts: dict, keys: _ImageCache, refused: dict) -> str | None:
+        images = row.get("images") if isinstance(row.get("images"), list) else [row.get("image")]
+        return next((p for image in images if (p := self._image_verdict(image, verdicts, keys, refused))), None)
+
+    def _usable_rows(self, rows: list[dict], refused: dict | None = None) -> list[dict]:
+        """`rows` decoded, each row the processor cannot take replaced by a usable row of the data set.
+
+        The replacement is a function of the bad row's text alone (the data set row at its hash), so
+        every process that holds rollouts of that prompt puts the same row in its place, and a group of
+        num_generations rollouts stays one prompt. The number of rows stays the same: collectives and
+        the batch arithmetic are unchanged.
+        """
+        rows = decode_images_once(rows, keep_going=True)  # rows the data loader decoded pass through
+        verdicts, keys, replaced, out, refused = {}, _ImageCache(), {}, [], refused or {}
+        for row in rows:
+            problem = self._row_problem(row, verdicts, keys, refused)
+            if problem is None:
+                out.append(row)
+                continue
+            identity = hashlib.blake2b(repr((row.get("problem"), row.get("solution"), row.get("prompt"))).encode(),
+                                       digest_size=8).digest()
+            if identity not in replaced:
+                replaced[identity] = self._replacement(int.from_bytes(identity, "big"), verdicts, keys, refused)
+                self.rows_skipped += 1
+                logger.warning("step %d: skipped a training row the processor cannot take (%s); trained on data "
+                               "set row %d in its place (%d rows skipped at run time so far)", self.state.global_step + 1,
+                               problem, replaced[identity][0], self.rows_skipped)
+            out.append(replaced[identity][1])
+        return out
+
+    def _replacement(self, seed: int, verdicts: dict, keys: _ImageCache, refused: dict) -> tuple[int, dict]:
+        dataset = self.train_dataset
+        for offset in range(len(dataset)):
+            index = (seed + offset) % len(dataset)
+            row = decode_images_once([dataset[index]], keep_going=True)[0]
+            if self._row_problem(row, verdicts, keys, refused) is None:
+                return index, row
+        raise UnusableData(f"no row of the training data ({len(dataset)} rows) can be processed any more: "
+                           "every image is unreadable or refused; check the data volume")
 
 
 def _few(keys: list[str], shown: int = 5) -> str:

@@ -87,3 +87,18 @@ class FakeKubernetes:
     def close(self):
         self.loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
+
+
+def bad_images(folder: Path) -> dict[str, object]:
+    """The four images no run may stop on, written into `folder`, as an `image` field value each:
+    "wide" a 1x30000 PNG (aspect ratio over Qwen2-VL's 200: smart_resize raises), "fifo" a FIFO (opening
+    it for reading blocks for ever), "number" the number 42 instead of a path, "cmyk" a CMYK JPEG."""
+    import os
+
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (30000, 1), (200, 30, 30)).save(folder / "wide.png")
+    os.mkfifo(folder / "fifo.png")
+    Image.new("CMYK", (64, 48), (0, 200, 200, 0)).save(folder / "cmyk.jpg")
+    return {"wide": "wide.png", "fifo": "fifo.png", "number": 42, "cmyk": "cmyk.jpg"}

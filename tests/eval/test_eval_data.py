@@ -104,3 +104,39 @@ def test_undecodable_lines_are_bad_rows_and_a_bom_is_not_data(tmp_path, question
     found, skipped = read_questions(path)
     assert [q.line for q in found] == [1, 3]
     assert [str(s) for s in skipped] == [f"{path}:2: not UTF-8 text (byte 0xe4 at column 80)"]
+
+
+def test_bad_images_are_named_in_summary_json_and_the_other_rows_scored(tiny_model, questions, tmp_path, monkeypatch):
+    from eval_job import generate
+    from r1v_job.synthetic import read_jsonl
+    from tests.helpers import bad_images
+
+    folder = tmp_path / "superclevr"
+    shutil.copytree(questions.parent, folder)
+    good = read_jsonl(questions)  # lines 1-6
+    bad = bad_images(folder)  # lines 7-10
+    data = folder / "questions.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in good + [{**good[0], "image_path": v} for v in bad.values()]))
+    first = folder / good[0]["image_path"]
+    real = generate.load_generator
+
+    def load_after_the_volume_lost_data(*args, **kwargs):
+        # Line 1's image passed the check when the file was read; cut in half before the model loads,
+        # it fails while its batch is scored.
+        first.write_bytes(first.read_bytes()[: first.stat().st_size // 2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generate, "load_generator", load_after_the_volume_lost_data)
+    out = tmp_path / "out"
+    assert cli.main(["--model", str(tiny_model), "--data", str(data), "--out", str(out), "--batch-size", "4",
+                     "--max-new-tokens", "4"]) == 0
+    summary = json.loads((out / "final" / "cot" / "summary.json").read_text())
+    assert (summary["evaluated"], summary["skipped"]) == (5, 5)
+    named = summary["skipped_rows"]
+    assert named[0].startswith(f"{data}:7: aspect ratio 30000 of a 30000x1 image is over 200"), named
+    assert named[1] == f"{data}:8: image {folder}/fifo.png is a FIFO, not a regular file"
+    assert named[2] == f"{data}:9: image_path must be a path, got a number (42)"
+    assert named[3].startswith(f"{data}:10: colour mode CMYK (accepted: "), named
+    assert named[4].startswith(f"{data}:1: failed while scoring: OSError: image file is truncated"), named
+    results = [json.loads(line) for line in (out / "final" / "cot" / "results.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in results] == [2, 3, 4, 5, 6]

@@ -40,13 +40,13 @@ CASES = [
     ("empty jsonl", lambda a, t: a + ["--dataset_name", _file(t, "empty.jsonl", "")],
      r"dataset_name \S+empty.jsonl: no usable rows out of 0; the file has no rows"),
     ("only malformed lines", lambda a, t: a + ["--dataset_name", _file(t, "bad.jsonl", '{"image": \nnot json\n')],
-     r"bad.jsonl: no usable rows out of 2; first reasons: line 1: malformed JSON .*; line 2: malformed JSON"),
+     r"bad.jsonl: no usable rows out of 2; first reasons: \S+bad.jsonl:1: malformed JSON .*; \S+bad.jsonl:2: malformed JSON"),
     ("wrong schema", lambda a, t: a + ["--dataset_name", _file(t, "q.jsonl", '{"image_path": "x.png"}\n')],
      r"q.jsonl: missing columns \['image', 'problem', 'solution'\]"),
     ("reward_funcs a string", lambda a, t: ["--config", _recipe(t, "reward_funcs: [accuracy_reward, format_reward, "
                                                                   "tag_count_reward]", "reward_funcs: accuracy_reward"),
                                             *a[2:]],
-     r"reward_funcs: 'accuracy_reward': must be a non-empty list"),
+     r"reward_funcs 'accuracy_reward': must be a list of text \(--config \S+recipe.yaml\)"),
     # Reported before the data check: the empty data set never gets read.
     ("unknown reward", lambda a, t: a + ["--reward_funcs", "acuracy_reward",
                                          "--dataset_name", _file(t, "empty.jsonl", "")],
@@ -138,3 +138,89 @@ def test_the_command_line_exits_2_with_one_line(good_argv):
         "r1v_job: error: max_steps -5: must be a positive number of optimizer steps, or -1 to train "
         "num_train_epochs epochs")
     assert not out.exists()
+
+
+def _set(tmp_path, key, value):
+    """The smoke recipe with `key: value` (YAML text), replacing the recipe's own line for the key."""
+    lines = [line for line in SMOKE.read_text().splitlines() if not line.startswith(f"{key}:")]
+    path = tmp_path / "recipe.yaml"
+    path.write_text("\n".join(lines + [f"{key}: {value}"]) + "\n")
+    return str(path)
+
+
+def _in_recipe(key, value):
+    return lambda a, t: ["--config", _set(t, key, value), *a[2:]]
+
+
+# Values a recipe file or the command line may carry that would otherwise fail after the model loads
+# (and again on every restart) or end in a traceback: (id, command line, the one line expected).
+RECIPE_VALUES = [
+    ("temperature -1", _in_recipe("temperature", "-1"), r"^temperature -1: must be a positive number"),
+    ("temperature 0 on the command line", lambda a, t: a + ["--temperature", "0"], r"^temperature 0.0: must be a positive"),
+    ("batch size 0", _in_recipe("per_device_train_batch_size", "0"),
+     r"^per_device_train_batch_size 0: must be a positive integer"),
+    ("learning_rate .nan", _in_recipe("learning_rate", ".nan"), r"^learning_rate nan: must be a finite non-negative"),
+    ("learning_rate -1", lambda a, t: a + ["--learning_rate", "-1"], r"^learning_rate -1.0: must be a finite non-negative"),
+    ("max_steps 6.5", _in_recipe("max_steps", "6.5"), r"^max_steps 6.5: must be an integer \(--config \S+recipe.yaml\)"),
+    ("max_steps null", _in_recipe("max_steps", "null"), r"^max_steps null: must be an integer \(--config"),
+    ("max_completion_length -5", _in_recipe("max_completion_length", "-5"),
+     r"^max_completion_length -5: must be a positive integer"),
+    ("min_pixels above max_pixels", _in_recipe("min_pixels", "20000"),
+     r"^min_pixels 20000: above max_pixels 12544; .*min_pixels <= max_pixels"),
+    ("dataset_name 42", _in_recipe("dataset_name", "42"), r"^dataset_name 42: must be text or null \(--config"),
+    ("loss_type misspelt", _in_recipe("loss_type", "gpro"), r"^loss_type 'gpro': must be one of grpo, dr_grpo, dapo"),
+    ("top_p above 1", _in_recipe("top_p", "1.5"), r"^top_p 1.5: must be a number in \(0, 1\]"),
+    ("seed negative", _in_recipe("seed", "-3"), r"^seed -3: must be an integer in \[0, 2\^32\)"),
+    ("bf16 a number", _in_recipe("bf16", "2"), r"^bf16 2: must be true or false or null"),
+    ("dtype not a choice", _in_recipe("dtype", "fp32"), r"^dtype 'fp32': must be one of auto, bfloat16, float16, float32"),
+    ("reward_weights of another length", lambda a, t: a + ["--reward_weights", "1.0", "1.0"],
+     r"^reward_weights \[1.0, 1.0\]: must be 3 finite numbers, one per reward function"),
+    ("marker outside output_dir", lambda a, t: a + ["--completion_marker", "../done.json"],
+     r"^completion_marker '../done.json': must be a file name inside output_dir"),
+    ("marker an absolute path", lambda a, t: a + ["--completion_marker", str(t / "done.json")],
+     r"^completion_marker '/\S+done.json': must be a file name inside output_dir"),
+    ("marker a model file", lambda a, t: a + ["--completion_marker", "config.json"],
+     r"^completion_marker 'config.json': the name of a final model file"),
+    ("output_dir under a file", lambda a, t: a + ["--output_dir", _file(t, "plain.txt", "x") + "/run"],
+     r"^output_dir \S+plain.txt/run: \S+plain.txt is not a folder"),
+]
+
+
+@pytest.mark.parametrize("make, expected", [c[1:] for c in RECIPE_VALUES], ids=[c[0] for c in RECIPE_VALUES])
+def test_a_bad_recipe_value_is_one_line_exit_2_before_data_or_model(good_argv, tmp_path, capsys, monkeypatch,
+                                                                   make, expected):
+    import r1v_job.grpo as grpo
+
+    monkeypatch.setattr(grpo, "load_checked_dataset", lambda *a: pytest.fail("the data set was read"))
+    monkeypatch.setattr(grpo, "build_trainer", lambda *a, **k: pytest.fail("a trainer was built"))
+    argv, out = good_argv
+    assert main(make(argv, tmp_path)) == 2
+    err = capsys.readouterr().err
+    lines = [line.removeprefix("r1v_job: error: ") for line in err.splitlines() if line.startswith("r1v_job: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert re.search(expected, lines[0]), lines[0]
+    assert not out.exists()
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A read-only tmpfs: a folder no process may write in, root included."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_read_only_output_dir_is_one_line_exit_2(good_argv, read_only_folder, capsys, monkeypatch):
+    import r1v_job.grpo as grpo
+
+    monkeypatch.setattr(grpo, "build_trainer", lambda *a, **k: pytest.fail("a trainer was built"))
+    argv, _ = good_argv
+    assert main(argv + ["--output_dir", str(read_only_folder / "run")]) == 2
+    _assert_one_line(capsys, rf"output_dir {read_only_folder}/run: cannot write there \(its nearest existing folder "
+                             rf"{read_only_folder}\): Read-only file system; give the job a writable folder")
+    assert main(argv + ["--output_dir", str(read_only_folder), "--preflight_only", "true"]) == 2
+    _assert_one_line(capsys, rf"output_dir {read_only_folder}: cannot write there: Read-only file system")

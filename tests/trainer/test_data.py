@@ -87,8 +87,8 @@ def test_bad_rows_are_dropped_counted_and_explained(clevr_train, tmp_path, caplo
     assert [r["solution"] for r in ds] == [rows[0]["solution"], rows[5]["solution"]]
     message = caplog.text
     assert "dropped 4 of 6 rows" in message
-    for reason in ("row 1: unreadable image", "row 2: unreadable image", "row 3: non-numeric solution",
-                   "row 4: missing solution"):
+    for reason in ("bad.jsonl:2: image not found", "bad.jsonl:3: unreadable image", "bad.jsonl:4: non-numeric solution",
+                   "bad.jsonl:5: missing solution"):
         assert reason in message
 
 
@@ -96,7 +96,7 @@ def test_no_usable_rows_is_an_error_that_says_why(clevr_train, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"image": "nope.png", "problem": "How many?", "solution": "<answer> 2 </answer>"})
                    + "\n")
-    with pytest.raises(DataError, match=r"bad.jsonl: no usable rows out of 1.*row 0: unreadable image"):
+    with pytest.raises(DataError, match=r"bad.jsonl: no usable rows out of 1.*bad.jsonl:1: image not found"):
         load_train_dataset(str(bad))
 
 
@@ -118,7 +118,8 @@ def test_malformed_json_lines_are_dropped_and_counted_like_bad_rows(clevr_train,
         ds = load_train_dataset(str(bad))
     assert len(ds) == 4
     assert "dropped 2 of 6 rows" in caplog.text
-    assert "line 2: malformed JSON" in caplog.text and "line 4: not UTF-8 text (byte 0xff at column 1)" in caplog.text
+    assert "bad.jsonl:2: malformed JSON" in caplog.text
+    assert "bad.jsonl:4: not UTF-8 text (byte 0xff at column 1)" in caplog.text
 
 
 def test_an_empty_data_set_is_one_error_naming_the_file(tmp_path):
