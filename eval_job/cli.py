@@ -16,6 +16,7 @@ import logging
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -250,17 +251,28 @@ def _terminate(signum, frame):
     raise Terminated
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    # As PID 1 of a container Python would ignore SIGTERM and wait out the grace period.
+@contextmanager
+def sigterm_raises():
+    """SIGTERM raises Terminated while active: as PID 1 of a container Python would ignore it and wait
+    out the pod's grace period."""
     try:
         previous = signal.signal(signal.SIGTERM, _terminate)
     except ValueError:  # not the main thread (an embedding program's worker): the signal stays its own
         previous = None
     try:
-        return repush(args) if args.repush else run(args)
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        with sigterm_raises():
+            return repush(args) if args.repush else run(args)
     except Terminated:
         log.error("stopped by SIGTERM: the results finished so far stay in %s; a rerun evaluates only what is "
                   "missing. exit %d", args.out, EXIT_TERMINATED)
@@ -271,9 +283,6 @@ def main(argv: list[str] | None = None) -> int:
         log.error("no space left on device (ENOSPC) writing %s: the results finished so far stay in %s; free space "
                   "and rerun (exit %d is retried)", e.filename or args.out, args.out, EXIT_DISK_FULL)
         return EXIT_DISK_FULL
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

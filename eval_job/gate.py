@@ -14,7 +14,7 @@ JSON patch:
 
 Exit codes, as the evaluator's: 0 resumed; 1 the API refused (RBAC) or the Job to resume is missing;
 2 bad arguments or no API access; 3 training failed (its failure pushed to the Pushgateway like the
-evaluator's); 4 timed out waiting for training.
+evaluator's); 4 timed out waiting for training; 143 stopped by SIGTERM (a drained node): a new pod waits again.
 """
 
 from __future__ import annotations
@@ -116,7 +116,14 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run(parse_args(argv))
+    args = parse_args(argv)
+    try:
+        with cli.sigterm_raises():  # as PID 1 it would otherwise wait out the grace period
+            return run(args)
+    except cli.Terminated:
+        log.error("stopped by SIGTERM while waiting for %s: nothing was changed; exit %d", args.wait_for,
+                  cli.EXIT_TERMINATED)
+        return cli.EXIT_TERMINATED
 
 
 if __name__ == "__main__":

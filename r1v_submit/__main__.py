@@ -10,7 +10,8 @@ earlier flag made; values.schema.json rejects typos and bad types naming the key
 rendered by Helm's engine against the cluster's API versions, then every object's current state is
 read before anything is written: an existing training or evaluation job refuses the submission
 and nothing is changed. Every object the chart renders (claim, recipe, scripts, RBAC, Service, the
-PyTorchJob or TrainJob, the evaluation and data-prep Jobs, monitors where the cluster serves them;
+PyTorchJob or TrainJob, the evaluation Job (suspended) and its gate, the data-prep Job, the re-push
+CronJob and NetworkPolicies where enabled, monitors where the cluster serves them;
 not the `helm test` hook) is then created in the namespace (an existing claim kept, other existing
 objects merge-patched). There is no Helm release: delete the objects by label
 app.kubernetes.io/instance=RELEASE. It then follows the rank-0 pod's log and exits 0 when training

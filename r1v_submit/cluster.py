@@ -17,10 +17,14 @@ PLURALS = {
     "ConfigMap": "configmaps", "PersistentVolumeClaim": "persistentvolumeclaims", "Service": "services",
     "Job": "jobs", "PyTorchJob": "pytorchjobs", "TrainingRuntime": "trainingruntimes", "TrainJob": "trainjobs",
     "ServiceMonitor": "servicemonitors", "PodMonitor": "podmonitors", "PrometheusRule": "prometheusrules",
+    "NetworkPolicy": "networkpolicies", "CronJob": "cronjobs",
 }
-# Helm's install order, so that what a pod mounts or runs as exists before the pod.
-ORDER = ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "PersistentVolumeClaim", "Service",
-         "TrainingRuntime", "PyTorchJob", "TrainJob", "Job", "ServiceMonitor", "PodMonitor", "PrometheusRule"]
+# Helm's install order (its kind sorter: built-in kinds first, Jobs before any custom kind), so that what
+# a pod mounts or runs as exists before the pod, and the data-prep Job joins a Kueue queue before the
+# training job does.
+ORDER = ["NetworkPolicy", "ServiceAccount", "ConfigMap", "PersistentVolumeClaim", "Role", "RoleBinding", "Service",
+         "Job", "CronJob", "TrainingRuntime", "PyTorchJob", "TrainJob", "ServiceMonitor", "PodMonitor",
+         "PrometheusRule"]
 # One release is one run: an existing job of the same name is an error, never replaced.
 JOB_KINDS = {"PyTorchJob", "TrainJob", "Job"}
 # PyTorchJob: the operator's conditions and pod labels; TrainJob: the Trainer's and JobSet's.
@@ -105,7 +109,7 @@ class Cluster:
         if taken:
             also = f" (and {', '.join(t for _, t in taken[1:])})" if len(taken) > 1 else ""
             raise SubmitError(f"{taken[0][1]} already exists{also}: one release is one run; nothing was changed. Pick another "
-                              "--release (or set runName), or delete it first (docs/operations.md, \"Run again\")")
+                              "--release (or fullnameOverride), or delete it first (docs/operations.md, \"Run again\")")
         for obj in objects:
             self._check_allowed(obj, namespace, "patch" if exists[obj["kind"], obj["metadata"]["name"]] else "create")
         return exists
@@ -119,23 +123,37 @@ class Cluster:
         if obj["kind"] == "PersistentVolumeClaim" and verb == "patch":
             return
         ns = obj["metadata"].get("namespace", namespace)
-        group = obj["apiVersion"].rpartition("/")[0]
+        self._ask(ns, verb, obj["apiVersion"].rpartition("/")[0], PLURALS[obj["kind"]])
+        if obj["kind"] == "Role":
+            # RBAC's escalation check: whoever writes a Role must hold every permission it grants.
+            for rule in obj.get("rules", []):
+                for group in rule.get("apiGroups", [""]):
+                    for resource in rule.get("resources", []):
+                        for granted in rule.get("verbs", []):
+                            for name in rule.get("resourceNames") or [None]:
+                                self._ask(ns, granted, group, resource, name,
+                                          why=f"the chart's Role {obj['metadata']['name']} grants it")
+
+    def _ask(self, ns: str, verb: str, group: str, resource: str, name: str | None = None, why: str = "") -> None:
+        from kubernetes.client.rest import ApiException
+
+        attributes = {"namespace": ns, "verb": verb, "group": group, "resource": resource, **({"name": name} if name else {})}
         review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-                  "spec": {"resourceAttributes": {"namespace": ns, "verb": verb, "group": group,
-                                                  "resource": PLURALS[obj["kind"]]}}}
+                  "spec": {"resourceAttributes": attributes}}
         try:
             answer = self._call("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review)
         except ApiException as e:
             if e.status in (404, 405):
                 return
-            raise SubmitError(f"asking whether this identity may {verb} {PLURALS[obj['kind']]} in {ns}: "
+            raise SubmitError(f"asking whether this identity may {verb} {resource} in {ns}: "
                               f"{e.status} {e.reason}: {_message(e)}") from e
         status = (answer or {}).get("status") or {}
         if status.get("allowed") is False or status.get("denied"):
-            why = status.get("reason") or "no RBAC rule allows it"
-            raise SubmitError(f"this identity may not {verb} {PLURALS[obj['kind']]}"
-                              f"{'.' + group if group else ''} in namespace {ns} ({why}): nothing was changed; "
-                              "ask for a Role that allows it, or submit with another --kubeconfig/--context")
+            reason = status.get("reason") or "no RBAC rule allows it"
+            raise SubmitError(f"this identity may not {verb} {resource}{'.' + group if group else ''}"
+                              f"{' ' + name if name else ''} in namespace {ns} ({reason}{'; ' + why if why else ''}): "
+                              "nothing was changed; ask for a Role that allows it, or submit with another "
+                              "--kubeconfig/--context")
 
     def create(self, obj: dict, namespace: str, exists: bool = False) -> str:
         """Creates obj; returns "created", "kept" (an existing claim: data and checkpoints stay) or
@@ -161,7 +179,7 @@ class Cluster:
                     raise SubmitError(f"creating {name}: {str(e).splitlines()[0]}") from e
         if obj["kind"] in JOB_KINDS:
             raise SubmitError(f"{name} already exists: one release is one run; pick another --release "
-                              "(or set runName) or delete it first")
+                              "(or fullnameOverride) or delete it first")
         if obj["kind"] == "PersistentVolumeClaim":
             return "kept"
         try:

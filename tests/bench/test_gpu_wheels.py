@@ -42,7 +42,10 @@ for name, module in list(sys.modules.items()):
     where = getattr(module, "__file__", None) or ""
     if where.startswith(root):  # the project's own module: what it imports at its top level
         for value in vars(module).values():
-            owner = getattr(value, "__module__", None) if not hasattr(value, "__spec__") else value.__name__
+            try:  # a lazy module (torch.backends.cuda) raises on any attribute without a GPU
+                owner = getattr(value, "__module__", None) if not hasattr(value, "__spec__") else value.__name__
+            except Exception:
+                continue
             owner = owner.partition(".")[0] if isinstance(owner, str) else None
             own = (getattr(sys.modules.get(owner), "__file__", None) or "").startswith(root)
             if owner in owners and not own:

@@ -182,3 +182,17 @@ def test_monitors_render_only_where_the_cluster_serves_their_api():
         "PrometheusRule", "ServiceMonitor"]
     assert monitors(render({"monitoring": {"enabled": False, "forceMonitoringAPI": True}})) == []
     assert "does not serve" not in notes({})
+
+
+@pytest.mark.parametrize("component", ["trainer", "evaluator", "dataPrep"])
+def test_an_extra_volume_named_like_one_of_the_charts_is_refused(component):
+    """Every volume name the chart itself renders is refused for *.extraVolumes (the API server would
+    reject the pod only after the install), read from the rendered pods so a new chart volume is covered."""
+    objects = render({"dataPrep": {"enabled": True}})
+    specs = [pod for pod, _ in trainer_pods(objects)] + [
+        only(objects, "Job", suffix)["spec"]["template"]["spec"] for suffix in ("-eval", "-data-prep")]
+    names = {v["name"] for spec in specs for v in spec.get("volumes", [])}
+    assert {"data", "tmp"} <= names
+    for name in sorted(names):
+        with pytest.raises(helm.HelmValuesError, match="extraVolumes"):
+            render({"dataPrep": {"enabled": True}, component: {"extraVolumes": [{"name": name, "emptyDir": {}}]}})

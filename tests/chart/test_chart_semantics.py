@@ -413,6 +413,15 @@ def test_evaluator_is_retried_only_when_a_retry_can_help():
     assert all(r["onExitCodes"]["containerName"] == "evaluator" for r in policy if "onExitCodes" in r)
 
 
+def test_data_prep_fails_at_once_on_a_bad_pinned_file_and_never_counts_a_sigterm():
+    job = only(render({"dataPrep": {"enabled": True}}), "Job", "-data-prep")
+    container = job["spec"]["template"]["spec"]["containers"][0]["name"]
+    policy = job["spec"]["podFailurePolicy"]["rules"]
+    by_action = {(r["action"], code) for r in policy if "onExitCodes" in r for code in r["onExitCodes"]["values"]}
+    assert ("FailJob", 2) in by_action and ("Ignore", 143) in by_action and ("FailJob", 1) not in by_action
+    assert all(r["onExitCodes"]["containerName"] == container for r in policy if "onExitCodes" in r)
+
+
 def test_notes_warn_that_a_bare_install_needs_the_model_and_data_on_the_volume():
     text = notes({})
     assert "WARNING: dataPrep.enabled=false" in text

@@ -121,8 +121,11 @@ def _names(objects: list[dict]) -> set[str]:
 def test_long_release_names_differing_at_the_end_share_no_object_and_no_output_folder():
     a, b = "team-vision-qwen2vl-clevr-ablation-lr-sweep-run-00001", "team-vision-qwen2vl-clevr-ablation-lr-sweep-run-00002"
     assert len(a) == 53  # Helm's longest release name
-    first, second = render({}, name=a), render({}, name=b)
+    every_object = {"evaluator": {"pushgatewayUrl": "http://gw:9091", "repush": {"schedule": "0 * * * *"}},
+                    "networkPolicy": {"enabled": True}, "dataPrep": {"enabled": True}}
+    first, second = render(every_object, name=a), render(every_object, name=b)
     assert not _names(first) & _names(second)
+    assert len(only(first, "CronJob")["metadata"]["name"]) <= 52  # its Jobs add "-" and 10 digits
     assert len(only(first, "PyTorchJob")["metadata"]["name"]) <= 48  # + "-worker-127" stays a DNS-1035 label
     assert all(len(n) <= 63 for n in _names(first) | _names(second))
 
@@ -132,7 +135,7 @@ def test_long_release_names_differing_at_the_end_share_no_object_and_no_output_f
 
     assert output(first) != output(second)
     assert only(first, "PersistentVolumeClaim")["metadata"]["name"] != only(second, "PersistentVolumeClaim")["metadata"]["name"]
-    assert _names(render({}, name=a)) == _names(first)  # stable: the same release keeps its names
+    assert _names(render(every_object, name=a)) == _names(first)  # stable: the same release keeps its names
     assert only(render({}, name="exp"), "PyTorchJob")["metadata"]["name"] == "exp-r1v"  # short names unchanged
 
 

@@ -23,6 +23,15 @@ data_prep = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(data_prep)
 
 
+@pytest.fixture(autouse=True)
+def sigterm_handler_restored():
+    """data_prep.main installs its SIGTERM handler for good (it is a pod's PID 1); run in this process,
+    the handler goes back afterwards so that later tests see the interpreter's default."""
+    before = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, before)
+
+
 @pytest.fixture
 def superclevr_source(tmp_path):
     src = tmp_path / "src"

@@ -364,6 +364,31 @@ def test_a_write_rbac_does_not_allow_refuses_the_submission_before_the_first_wri
     assert _snapshot(cluster) == before
 
 
+def test_a_role_granting_what_the_submitter_lacks_is_refused_before_the_first_write(cluster, capsys):
+    """RBAC's escalation check: the evaluation gate's Role grants patch on the evaluation Job, so a
+    submitter who may create Roles but not patch Jobs would get a 403 midway; it is asked first."""
+    cluster.denied.add(("patch", "jobs"))
+    assert submit.main(["--release", "exp", "-n", "ns", "--no-follow"], configuration=cluster.configuration()) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: this identity may not patch jobs.batch exp-r1v-eval in namespace ns") and \
+        "the chart's Role exp-r1v-eval grants it" in err and len(err.strip().splitlines()) == 1, err
+    assert _writes(cluster) == [] and not list(cluster.emulator.objects)
+
+
+def test_every_kind_any_ci_value_set_renders_is_one_r1v_submit_creates():
+    from r1v_submit.cluster import ORDER, PLURALS
+
+    for name, values in ci_value_sets().items():
+        for extra in ({}, {"networkPolicy": {"enabled": True}, "dataPrep": {"enabled": True}}):
+            try:
+                objects = render({**values, **extra})
+            except helm.HelmError:  # a value set made for one job kind only
+                continue
+            missing = {o["kind"] for o in objects} - set(PLURALS) - {"Pod"}  # the helm test's Pod is never submitted
+            assert not missing, f"{name}: r1v_submit cannot create {missing}"
+            assert set(PLURALS) == set(ORDER)
+
+
 def test_no_kubeconfig_or_an_unreachable_server_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     from tests.helpers import free_port
 

@@ -4,7 +4,14 @@ then succeeds (or fails), and the gate resumes the evaluation (or leaves it susp
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import pytest
 from kubernetes import client, config
@@ -13,6 +20,7 @@ from eval_job import cli, gate
 from tests.chart.r1v_chart_helpers import only, render
 from tests.eval.test_eval_wait import condition, pytorchjob, until
 
+REPO = Path(__file__).resolve().parents[2]
 NS = "team"
 QUEUE = "kueue.x-k8s.io/queue-name"
 TEST_AGENT = "r1v-test-setup"
@@ -128,3 +136,30 @@ def test_the_role_check_can_fail(fake_k8s):
     until(lambda: release.training_gets() >= 1)
     assert release.finish("Succeeded") == cli.EXIT_OK
     assert any("PATCH" in r for r in release.gate_requests_outside_the_role())
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare for a PID namespace")
+def test_as_pid_1_sigterm_stops_the_waiting_gate_at_once_and_changes_nothing(fake_k8s, tmp_path):
+    """The gate as its pod runs it (PID 1, training still running): SIGTERM ends it at once with 143,
+    which its Job ignores, instead of the pod's grace period; the evaluation stays suspended."""
+    release = Release(fake_k8s, {})
+    until(lambda: release.training_gets() >= 1)  # the in-process gate of Release is waiting too
+    args = release.gate_job["spec"]["template"]["spec"]["containers"][0]["args"]
+    log = tmp_path / "stderr"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "eval_job.gate",
+                                 *args, "--kubeconfig", str(fake_k8s.kubeconfig_path), "--poll-interval", "30"],
+                                cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=stderr)
+    until(lambda: "waiting up to" in log.read_text() or proc.poll() is not None, timeout=60)  # imported, waiting
+    assert proc.poll() is None, log.read_text()
+    child = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()[0]
+    started = time.monotonic()
+    os.kill(int(child), signal.SIGTERM)  # PID 1 of the namespace, as the kubelet signals it
+    proc.wait(timeout=20)
+    assert proc.returncode == cli.EXIT_TERMINATED and time.monotonic() - started < 5, log.read_text()[-2000:]
+    assert "stopped by SIGTERM" in log.read_text().strip().splitlines()[-1]
+    assert release.evaluation()["spec"]["suspend"] is True
+    pod_failure = release.gate_job["spec"]["podFailurePolicy"]["rules"]
+    assert {"action": "Ignore", "onExitCodes": {"containerName": "gate", "operator": "In", "values": [143]}} in pod_failure
+    release.finish("Succeeded")

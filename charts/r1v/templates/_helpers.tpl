@@ -53,6 +53,18 @@ two releases that differ only past the cut never share an object, a claim or an 
 {{ include "r1v.evalJobName" . }}-gate
 {{- end }}
 
+{{/* The evaluation's re-push CronJob. A CronJob's name is at most 52 characters (its Jobs add 11), so a
+longer one keeps 36 characters of the release's name and 8 hex digits of its sha256. */}}
+{{- define "r1v.evalRepushName" -}}
+{{- $full := include "r1v.fullname" . }}
+{{- $name := printf "%s-repush" (include "r1v.evalJobName" .) }}
+{{- if gt (len $name) 52 }}
+{{- printf "%s-%s-repush" (trunc 36 $full | trimSuffix "-") (sha256sum $full | trunc 8) }}
+{{- else }}
+{{- $name }}
+{{- end }}
+{{- end }}
+
 {{/* The gate's --wait-for: KIND/NAME. */}}
 {{- define "r1v.jobRef" -}}
 {{- printf "%s/%s" (lower .Values.jobKind) (include "r1v.jobName" .) }}
@@ -220,7 +232,7 @@ HOME and the compiler caches (values.yaml, tmpDir). The shared volume and /dev/s
 {{- define "r1v.tmpVolume" -}}
 - name: tmp
   emptyDir:
-    sizeLimit: {{ .Values.tmpDir.sizeLimit }}
+    sizeLimit: {{ .Values.tmpDir.sizeLimit | quote }}
 {{- end }}
 
 {{- define "r1v.tmpMount" -}}
