@@ -259,7 +259,8 @@ class R1VGRPOTrainer(GRPOTrainer):
         # batch per accumulation step and TRL uses only the first, so decoding happens here, once per
         # distinct image. The same PIL object then serves all of a prompt's rollouts, and the image
         # processor runs once per distinct image for TRL's two processor calls of the step.
-        inputs = self._usable_rows(inputs)
+        original = inputs
+        inputs = self._usable_rows(original)
         if not self.process_images_once:
             return super()._generate_and_score_completions(inputs)
         device = self.accelerator.device if self.send_images_once else None
@@ -275,7 +276,9 @@ class R1VGRPOTrainer(GRPOTrainer):
                 if not failed.first_call or failing.keys() <= refused.keys():
                     raise
                 refused.update(failing)
-                inputs = self._usable_rows(inputs, refused)
+                # From the rows as given, not the stand-ins of the last try: a stand-in re-hashed would
+                # differ from the one a rank that refused both images at once picks for the same prompt.
+                inputs = self._usable_rows(original, refused)
 
     # --- A row that fails at run time ------------------------------------------------------------
     # r1v_job.data checks every image before training, but a file can change after the check (the
