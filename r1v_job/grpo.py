@@ -30,7 +30,7 @@ from trl import GRPOConfig, ModelConfig, TrlParser
 from . import checkpoints as ckpt
 from .config import R1VScriptArguments, last_step
 from .data import DataError, load_train_dataset
-from .lease import Lease
+from .lease import LEASE_FILE, Lease
 from .metrics import finish_training_metrics, training_callbacks
 from .preflight import UsageError, check_chart_keys, check_recipe_types, run_checks
 from .processing import load_processor
@@ -174,9 +174,28 @@ def _finish_without_training(output_dir: Path, marker_name: str, checkpoint: Pat
         ckpt.remove_completion_marker(output_dir, marker_name)
         logger.info("%s: %s is at the run's last step %d; making it the final model (no training)",
                     output_dir, checkpoint.name, step)
-        ckpt.finish_from_checkpoint(checkpoint, output_dir)
-        marker_path = ckpt.write_completion_marker(output_dir, marker_name, step, source)
+        with _disk_full_is_one_line(output_dir, f"the final model from {checkpoint.name}", weights=True):
+            ckpt.finish_from_checkpoint(checkpoint, output_dir)
+        with _disk_full_is_one_line(output_dir, f"the completion marker {marker_name}"):
+            marker_path = ckpt.write_completion_marker(output_dir, marker_name, step, source)
         logger.info("final model in %s; completion marker %s", output_dir, marker_path)
+
+
+@contextmanager
+def _disk_full_is_one_line(output_dir: Path, what: str, weights: bool = False):
+    """A full disk while writing the final model or the marker is DiskFull (one line, exit 1), with
+    the half-written files removed: the temporary copies, and with `weights` the final weights (a
+    partial set); the restart finishes the run from the last checkpoint once space is freed."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_disk_full(exc, output_dir):
+            raise
+        partial = [p for p in output_dir.glob(".*.tmp") if not p.name.startswith(f".{LEASE_FILE}")]
+        for path in partial + (ckpt.final_weights(output_dir) if weights else []):
+            remove_partial(path)
+        raise DiskFull(output_dir, f"{what} ({type(exc).__name__}); removed what was half-written; the restart "
+                       "finishes the run from the last checkpoint once space is freed") from exc
 
 
 def run(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: ModelConfig,
@@ -274,8 +293,9 @@ def _train(stop: StopRequest, script_args: R1VScriptArguments, training_args: GR
         raise DiskFull(out, f"the final model ({type(exc).__name__}); removed its partial weights; the restart "
                        "finishes the run from the last checkpoint once space is freed") from exc
     if trainer.accelerator.is_main_process:
-        marker = ckpt.write_completion_marker(out, marker_name, trainer.state.global_step,
-                                              _source(script_args, model_args))
+        with _disk_full_is_one_line(out, f"the completion marker {marker_name}"):
+            marker = ckpt.write_completion_marker(out, marker_name, trainer.state.global_step,
+                                                  _source(script_args, model_args))
         logger.info("final model in %s; completion marker %s", out, marker)
     trainer.accelerator.wait_for_everyone()
     stop.deferred = False  # finished: a SIGTERM from here on ends the metrics grace period, nothing else

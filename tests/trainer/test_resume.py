@@ -315,3 +315,36 @@ def test_a_disk_that_fills_during_a_save_is_one_line_leaves_no_partial_checkpoin
     straight, resumed = _weights(runs["straight"]), _weights(out)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     assert _losses(out / "checkpoint-4") == _losses(runs["straight"] / "checkpoint-4")
+
+
+def _fill(disk, leave):
+    filler = disk / "filler"
+    filler.unlink(missing_ok=True)
+    st = os.statvfs(disk)
+    filler.write_bytes(b"\0" * max(st.f_bavail * st.f_frsize - leave, 0))
+
+
+def test_a_disk_that_fills_while_finishing_from_the_last_checkpoint_is_one_line_and_the_restart_finishes(
+        runs, small_disk, capsys):
+    """A restart at the last step makes its checkpoint the final model and writes the marker: a full
+    disk in either is one line (exit 1) with nothing half-written left, and the next restart finishes."""
+    out = _copy_run(runs["straight"], small_disk / "run", "checkpoint-4")
+    to_copy = [f for f in (out / "checkpoint-4").iterdir()
+               if f.is_file() and (ckpt._WEIGHTS.match(f.name) or ckpt._MODEL_FILES.match(f.name))]
+    pages = sum(-(-f.stat().st_size // 4096) * 4096 for f in to_copy) + 4096  # and the output_dir's lease
+    argv = _argv(runs["model"], runs["data"], out)
+    for leave, what in ((100 << 10, "the final model from checkpoint-4"), (pages, f"the completion marker {MARKER}")):
+        for f in to_copy:  # the small files copied before the weights in the first try: the restart rewrites them
+            (out / f.name).unlink(missing_ok=True)
+        _fill(small_disk, leave)  # the second time: room for the final model's files, not for the marker
+        assert main(argv) == 1
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("r1v_job:")]
+        assert len(lines) == 1 and "Traceback" not in lines[0], lines
+        assert lines[0].startswith(f"r1v_job: error: no space left on device (ENOSPC) writing {out}: {what} ("), lines
+        assert not list(out.glob(".*.tmp")) and not (out / MARKER).exists()
+    assert ckpt.final_weights(out)  # the copy that fitted stays; the marker is what the restart adds
+    (small_disk / "filler").unlink()
+    assert main(argv) == 0
+    marker = json.loads((out / MARKER).read_text())
+    assert marker["global_step"] == 4 and ckpt.marker_problem(out, marker) is None
+    assert (out / "model.safetensors").read_bytes() == (runs["straight"] / "model.safetensors").read_bytes()
