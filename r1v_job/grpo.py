@@ -36,7 +36,7 @@ from .preflight import UsageError, check_chart_keys, check_recipe_types, run_che
 from .processing import load_processor
 from .rewards import get_reward_funcs
 from .preemption import (PREEMPTED, DiskFull, Preempted, PreemptionCallback, StopRequest, is_disk_full,
-                         mark_preempted, remove_partial)
+                         mark_permanent, mark_preempted, remove_partial)
 from .trainer import LeaseCallback, NothingToTrain, R1VGRPOTrainer, RemoveMarkerCallback, StopAtStepCallback
 
 logger = logging.getLogger("r1v_job")
@@ -274,6 +274,7 @@ def _train(stop: StopRequest, script_args: R1VScriptArguments, training_args: GR
         return None
     if preemption.stopped_at is not None:
         step = preemption.stopped_at
+        mark_preempted()  # every rank agreed to stop here on a SIGTERM: a preemption, not a crash
         if preemption.saved:
             raise Preempted(f"stopped on SIGTERM after step {step}; {out / f'checkpoint-{step}'} is saved and "
                             "fsynced; the restart resumes from it")
@@ -377,7 +378,6 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as stopped:
         if _is_main_process():  # every rank stopped at the same step: one line says so
             print(f"r1v_job: preempted: {stopped}; exit {PREEMPTED}", file=sys.stderr)
-        mark_preempted()
         return PREEMPTED
     except DiskFull as full:
         print(f"r1v_job: error: {full}", file=sys.stderr)
@@ -386,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         print(f"r1v_job: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        mark_permanent()  # under torchrun this 2 becomes torchrun's 1: the launcher reads the file instead
         return 2
     return 0
 

@@ -7,7 +7,9 @@ the process exits PREEMPTED (143, 128 + SIGTERM, as a shell reports a process en
 Training Operator's ExitCode policy and the chart's podFailurePolicy retry it and the launcher's
 restart budget never counts it). When the grace period left cannot fit a save (the last save's
 duration is the estimate), the run says so and stops without one. SIGTERM before training starts
-stops at once: nothing is lost there.
+stops at once: nothing is lost there; that exit is 143 too, but only a stop all ranks agreed on
+creates R1V_PREEMPTED_FILE (torchrun also SIGTERMs the other workers when one crashes in setup,
+and that crash must count).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ GRACE_ENV = "R1V_GRACE_SECONDS"
 # A file the launcher names: the trainer creates it when it stops preempted, so the launcher can
 # tell a preemption from a crash although torchrun reports both as exit 1.
 PREEMPTED_FILE_ENV = "R1V_PREEMPTED_FILE"
+# Likewise for a permanent error (bad input, a lost lease: exit 2) raised in a worker after the
+# preflight: torchrun turns the worker's 2 into its own 1, which the launcher would retry as a crash.
+PERMANENT_FILE_ENV = "R1V_PERMANENT_FILE"
 # Below this many free bytes a failed write is taken for a full disk (torch.save reports ENOSPC as
 # "unexpected pos N vs M", with no errno).
 _NEARLY_FULL = 16 << 20
@@ -153,8 +158,19 @@ class PreemptionCallback(TrainerCallback):
 
 
 def mark_preempted() -> None:
-    """Tell the launcher (R1V_PREEMPTED_FILE) that this exit is a preemption, not a crash."""
-    path = os.environ.get(PREEMPTED_FILE_ENV)
+    """Tell the launcher (R1V_PREEMPTED_FILE) that this exit is a preemption, not a crash. Called only
+    where every rank agreed to stop at a step end: a rank that torchrun stops because another worker
+    died is no preemption (the launcher learns of a SIGTERM to its own pod through its trap)."""
+    _mark(PREEMPTED_FILE_ENV)
+
+
+def mark_permanent() -> None:
+    """Tell the launcher (R1V_PERMANENT_FILE) that this exit 2 is permanent, not a crash."""
+    _mark(PERMANENT_FILE_ENV)
+
+
+def _mark(env: str) -> None:
+    path = os.environ.get(env)
     if path:
         try:
             Path(path).touch()

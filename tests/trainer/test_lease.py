@@ -44,7 +44,9 @@ def test_a_second_trainer_on_one_output_dir_exits_2_naming_the_first(holder, tin
     monkeypatch.setattr(grpo, "build_trainer", lambda *a, **k: pytest.fail("the second writer built a trainer"))
     argv = ["--config", str(SMOKE), "--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(clevr_train),
             "--output_dir", str(out), "--offline_bootstrap", "false"]
+    monkeypatch.setenv("R1V_PERMANENT_FILE", str(out.parent / "permanent"))
     assert main(argv) == 2
+    assert (out.parent / "permanent").exists()  # how the launcher learns it under torchrun (which exits 1)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("r1v_job: error:")]
     assert len(lines) == 1 and "Traceback" not in err, err

@@ -257,6 +257,24 @@ def test_sigterm_when_the_grace_period_cannot_fit_a_save_stops_without_one_and_s
     assert "without a checkpoint (no time left to save one); the restart resumes from" in capsys.readouterr().err
 
 
+def test_sigterm_before_training_is_no_preemption_the_launcher_is_told_of(tiny_model_dir, clevr_train, tmp_path,
+                                                                            monkeypatch, capsys):
+    """torchrun SIGTERMs the other workers when one dies while loading the model: those ranks stop at
+    once (143) but leave no preempted file, so the launcher counts the crash (a restart loop on a
+    crash in setup would otherwise never end). A SIGTERM to the pod itself reaches the launcher's trap."""
+    import r1v_job.grpo as grpo
+
+    def sigterm_while_loading(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        pytest.fail("the SIGTERM did not stop the setup")
+
+    monkeypatch.setattr(grpo, "build_trainer", sigterm_while_loading)
+    monkeypatch.setenv("R1V_PREEMPTED_FILE", str(tmp_path / "preempted"))
+    assert main(_argv(tiny_model_dir, clevr_train, tmp_path / "run")) == PREEMPTED
+    assert "r1v_job: preempted: SIGTERM outside the training loop" in capsys.readouterr().err
+    assert not (tmp_path / "preempted").exists()
+
+
 # A disk that fills during a checkpoint save (a real tmpfs of a few MB): one line naming ENOSPC and
 # the path, no partial checkpoint left, and once space is freed the restart resumes from the last
 # complete checkpoint. Rotation (save_total_limit) deletes older checkpoints only once the new one
