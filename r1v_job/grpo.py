@@ -227,8 +227,10 @@ def output_dir_lease(script_args: R1VScriptArguments, training_args: GRPOConfig)
         yield None
         return
     lease = Lease(training_args.output_dir, script_args.output_dir_lease_stale_minutes)
-    lease.acquire()
     try:
+        # Inside: a SIGTERM between creating the file and starting the heartbeat must not leave the
+        # lease behind (release() removes only a lease file this one wrote).
+        lease.acquire()
         yield lease
     finally:
         lease.release()

@@ -123,3 +123,45 @@ def test_the_holder_renews_its_heartbeat_and_stops_when_the_lease_is_taken(tmp_p
         lease.check()
     lease.release()
     assert json.loads((tmp_path / "run" / LEASE_FILE).read_text())["token"] == "a-newcomer"  # not ours to remove
+
+
+def _lease_args(out: Path, stale_minutes: float = 5):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(output_dir_lease_stale_minutes=stale_minutes), SimpleNamespace(output_dir=str(out))
+
+
+def test_a_sigterm_while_the_lease_is_taken_leaves_no_lease_behind(tmp_path, monkeypatch):
+    """SIGTERM (Preempted) after the lease file is written and before its heartbeat starts: released."""
+    from r1v_job.grpo import output_dir_lease
+    from r1v_job.preemption import Preempted
+
+    def sigterm(self):
+        raise Preempted("SIGTERM outside the training loop: nothing to save")
+
+    monkeypatch.setattr(Lease, "_start_heartbeat", sigterm)
+    out = tmp_path / "run"
+    with pytest.raises(Preempted):
+        with output_dir_lease(*_lease_args(out)):
+            pytest.fail("the lease was not taken: nothing to run")
+    assert not out.exists()  # the lease file gone, and the folder that taking it created
+
+
+def test_a_lease_that_cannot_be_removed_does_not_hide_the_error_the_run_ends_with(tmp_path, monkeypatch, caplog):
+    from r1v_job.grpo import output_dir_lease
+    from r1v_job.preemption import DiskFull
+
+    out = tmp_path / "run"
+    real_unlink = Path.unlink
+
+    def unlink(self, *args, **kwargs):
+        if self.name == LEASE_FILE:
+            raise OSError(5, "Input/output error", str(self))
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with caplog.at_level(logging.WARNING, logger="r1v_job.lease"), pytest.raises(DiskFull, match="ENOSPC"):
+        with output_dir_lease(*_lease_args(out)):
+            raise DiskFull(out / "checkpoint-2", "the checkpoint")
+    assert f"could not remove the lease {out / LEASE_FILE}: [Errno 5] Input/output error" in caplog.text
+
