@@ -30,14 +30,14 @@ from trl import GRPOConfig, ModelConfig, TrlParser
 from . import checkpoints as ckpt
 from .config import R1VScriptArguments, last_step
 from .data import DataError, load_train_dataset
-from .lease import LEASE_FILE, Lease
+from .lease import LEASE_FILE, Lease, LeaseLost
 from .metrics import finish_training_metrics, training_callbacks
 from .preflight import UsageError, check_chart_keys, check_recipe_types, run_checks
 from .processing import load_processor
 from .rewards import get_reward_funcs
 from .preemption import (PREEMPTED, DiskFull, Preempted, PreemptionCallback, StopRequest, is_disk_full,
                          mark_permanent, mark_preempted, remove_partial)
-from .trainer import LeaseCallback, NothingToTrain, R1VGRPOTrainer, RemoveMarkerCallback, StopAtStepCallback
+from .trainer import NothingToTrain, R1VGRPOTrainer, RemoveMarkerCallback, StopAtStepCallback
 
 logger = logging.getLogger("r1v_job")
 
@@ -264,9 +264,7 @@ def _train(stop: StopRequest, script_args: R1VScriptArguments, training_args: GR
 
     trainer = build_trainer(script_args, training_args, model_args, callbacks)
     trainer.add_callback(RemoveMarkerCallback(marker_name))
-    if lease is not None:
-        trainer.add_callback(LeaseCallback(lease))
-    preemption = PreemptionCallback(stop)
+    preemption = PreemptionCallback(stop, lease)  # also stops every rank together on a lost lease
     trainer.add_callback(preemption)  # last: it may override the save the callbacks before it asked for
     try:
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
@@ -274,6 +272,12 @@ def _train(stop: StopRequest, script_args: R1VScriptArguments, training_args: GR
         _finish_without_training(out, marker_name, resume, reached.global_step,
                                  source=_source(script_args, model_args))
         return None
+    # Once more after the last step end (its save included), on every rank: the lease may be lost since.
+    if preemption.lease_lost or preemption.agree(training_args)[2]:
+        if lease is not None:
+            lease.check()
+        raise LeaseLost(f"output_dir {out}: the lease was taken over by another writer (rank 0 names it); "
+                        "stopping so the two runs do not overwrite each other")
     if preemption.stopped_at is not None:
         step = preemption.stopped_at
         mark_preempted()  # every rank agreed to stop here on a SIGTERM: a preemption, not a crash
@@ -283,8 +287,6 @@ def _train(stop: StopRequest, script_args: R1VScriptArguments, training_args: GR
         newest = ckpt.latest_complete_checkpoint(out, training_state)
         raise Preempted(f"stopped on SIGTERM after step {step} without a checkpoint (no time left to save one); "
                         f"the restart resumes from {newest or 'step 0'}")
-    if lease is not None:
-        lease.check()
     try:
         trainer.save_model(training_args.output_dir)  # on every rank: ZeRO-3 gathers the shards collectively
     except Exception as exc:

@@ -107,10 +107,16 @@ class StopRequest:
 
 class PreemptionCallback(TrainerCallback):
     """At each step end, every rank learns whether any rank got SIGTERM and the least grace time
-    left among them; then all stop, and save that step when the last save's duration fits."""
+    left among them; then all stop, and save that step when the last save's duration fits.
 
-    def __init__(self, stop: StopRequest):
+    The same all-reduce carries whether rank 0's output_dir lease was taken over: then every rank
+    stops at that step without saving (another writer owns the folder), and `run` raises LeaseLost on
+    every rank. A rank raising alone would leave the others blocked in this collective."""
+
+    def __init__(self, stop: StopRequest, lease=None):
         self.stop = stop
+        self.lease = lease  # rank 0's output_dir lease (r1v_job.lease), None on the other ranks
+        self.lease_lost = False  # some rank's lease was taken over: every rank stopped, nothing saved
         self.stopped_at: int | None = None  # the step training stopped after, on SIGTERM
         self.saved = False
         self.save_seconds: float | None = None  # the last checkpoint save, step end to on_save
@@ -120,21 +126,30 @@ class PreemptionCallback(TrainerCallback):
         self.stop.deferred = True
         return control
 
-    def _agree(self, args) -> tuple[bool, float]:
+    def agree(self, args) -> tuple[bool, float, bool]:
+        """(stop requested on any rank, least grace left, lease lost on any rank); collective: every
+        rank calls it at the same point."""
         requested, left = self.stop.requested, self.stop.seconds_left()
+        lost = self.lease is not None and self.lease.lost is not None
         import torch
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            # One all-reduce of two numbers per step: max(flag), max(-left) = -min(left).
-            both = torch.tensor([float(requested), -min(left, 1e12)], dtype=torch.float64, device=args.device)
-            dist.all_reduce(both, op=dist.ReduceOp.MAX)
-            requested, left = bool(both[0].item() > 0), -both[1].item()
-        return requested, left
+            # One all-reduce of three numbers per step: max(flag), max(-left) = -min(left), max(lost).
+            flags = torch.tensor([float(requested), -min(left, 1e12), float(lost)], dtype=torch.float64,
+                                 device=args.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            requested, left, lost = bool(flags[0].item() > 0), -flags[1].item(), bool(flags[2].item() > 0)
+        return requested, left, lost
 
     def on_step_end(self, args, state, control, **kwargs):
         self._step_end = time.monotonic()
-        requested, left = self._agree(args)
+        requested, left, lost = self.agree(args)
+        if lost:
+            self.lease_lost = True
+            control.should_training_stop = True
+            control.should_save = False  # the folder is another writer's now
+            return control
         if not requested:
             return control
         control.should_training_stop = True

@@ -78,18 +78,6 @@ class RemoveMarkerCallback(TrainerCallback):
         return control
 
 
-class LeaseCallback(TrainerCallback):
-    """Stops rank 0 at the end of a step (before that step's save) once another writer has taken the
-    output_dir's lease: two runs must not overwrite each other's checkpoints (r1v_job.lease)."""
-
-    def __init__(self, lease):
-        self.lease = lease
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.lease.check()
-        return control
-
-
 def model_keys_from_checkpoint(model, state_dict: dict) -> dict:
     """`state_dict` read from a checkpoint, with its keys renamed the way `from_pretrained` renames them.
 

@@ -165,3 +165,37 @@ def test_a_lease_that_cannot_be_removed_does_not_hide_the_error_the_run_ends_wit
             raise DiskFull(out / "checkpoint-2", "the checkpoint")
     assert f"could not remove the lease {out / LEASE_FILE}: [Errno 5] Input/output error" in caplog.text
 
+
+# Two ranks at a step end where rank 0's lease was taken over: both stop there without saving (the
+# folder is another writer's), instead of rank 0 raising alone while rank 1 waits in the collective.
+AGREE = """
+import datetime, json, os, sys
+from types import SimpleNamespace
+import torch.distributed as dist
+from transformers import TrainerControl, TrainerState
+from r1v_job.preemption import PreemptionCallback, StopRequest
+dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=20))
+rank = dist.get_rank()
+lease = SimpleNamespace(lost={"pod": "r1v-master-0"}) if rank == 0 else None  # rank 0 holds it
+callback = PreemptionCallback(StopRequest(), lease)
+control = TrainerControl(should_save=True)  # the step's save, as save_steps asks for it
+callback.on_step_end(SimpleNamespace(device="cpu"), TrainerState(global_step=3), control)
+json.dump({"stop": control.should_training_stop, "save": control.should_save, "lost": callback.lease_lost,
+           "preempted": callback.stopped_at}, open(os.path.join(sys.argv[1], f"rank{rank}"), "w"))
+dist.destroy_process_group()
+"""
+
+
+def test_a_lost_lease_stops_every_rank_at_the_same_step_without_a_save(tmp_path):
+    from tests.helpers import free_port
+
+    script = tmp_path / "agree.py"
+    script.write_text(AGREE)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = {"stop": True, "save": False, "lost": True, "preempted": None}
+    assert {r: json.loads((tmp_path / r).read_text()) for r in ("rank0", "rank1")} == {"rank0": expected,
+                                                                                         "rank1": expected}
