@@ -30,14 +30,14 @@ from trl import GRPOConfig, ModelConfig, TrlParser
 from . import checkpoints as ckpt
 from .config import R1VScriptArguments, last_step
 from .data import DataError, load_train_dataset
-from .lease import Lease
+from .lease import LEASE_FILE, Lease, LeaseLost
 from .metrics import finish_training_metrics, training_callbacks
 from .preflight import UsageError, check_chart_keys, check_recipe_types, run_checks
 from .processing import load_processor
 from .rewards import get_reward_funcs
 from .preemption import (PREEMPTED, DiskFull, Preempted, PreemptionCallback, StopRequest, is_disk_full,
-                         mark_preempted, remove_partial)
-from .trainer import LeaseCallback, NothingToTrain, R1VGRPOTrainer, RemoveMarkerCallback, StopAtStepCallback
+                         mark_permanent, mark_preempted, remove_partial)
+from .trainer import NothingToTrain, R1VGRPOTrainer, RemoveMarkerCallback, StopAtStepCallback
 
 logger = logging.getLogger("r1v_job")
 
@@ -174,9 +174,28 @@ def _finish_without_training(output_dir: Path, marker_name: str, checkpoint: Pat
         ckpt.remove_completion_marker(output_dir, marker_name)
         logger.info("%s: %s is at the run's last step %d; making it the final model (no training)",
                     output_dir, checkpoint.name, step)
-        ckpt.finish_from_checkpoint(checkpoint, output_dir)
-        marker_path = ckpt.write_completion_marker(output_dir, marker_name, step, source)
+        with _disk_full_is_one_line(output_dir, f"the final model from {checkpoint.name}", weights=True):
+            ckpt.finish_from_checkpoint(checkpoint, output_dir)
+        with _disk_full_is_one_line(output_dir, f"the completion marker {marker_name}"):
+            marker_path = ckpt.write_completion_marker(output_dir, marker_name, step, source)
         logger.info("final model in %s; completion marker %s", output_dir, marker_path)
+
+
+@contextmanager
+def _disk_full_is_one_line(output_dir: Path, what: str, weights: bool = False):
+    """A full disk while writing the final model or the marker is DiskFull (one line, exit 1), with
+    the half-written files removed: the temporary copies, and with `weights` the final weights (a
+    partial set); the restart finishes the run from the last checkpoint once space is freed."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_disk_full(exc, output_dir):
+            raise
+        partial = [p for p in output_dir.glob(".*.tmp") if not p.name.startswith(f".{LEASE_FILE}")]
+        for path in partial + (ckpt.final_weights(output_dir) if weights else []):
+            remove_partial(path)
+        raise DiskFull(output_dir, f"{what} ({type(exc).__name__}); removed what was half-written; the restart "
+                       "finishes the run from the last checkpoint once space is freed") from exc
 
 
 def run(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: ModelConfig,
@@ -208,8 +227,10 @@ def output_dir_lease(script_args: R1VScriptArguments, training_args: GRPOConfig)
         yield None
         return
     lease = Lease(training_args.output_dir, script_args.output_dir_lease_stale_minutes)
-    lease.acquire()
     try:
+        # Inside: a SIGTERM between creating the file and starting the heartbeat must not leave the
+        # lease behind (release() removes only a lease file this one wrote).
+        lease.acquire()
         yield lease
     finally:
         lease.release()
@@ -243,9 +264,7 @@ def _train(stop: StopRequest, script_args: R1VScriptArguments, training_args: GR
 
     trainer = build_trainer(script_args, training_args, model_args, callbacks)
     trainer.add_callback(RemoveMarkerCallback(marker_name))
-    if lease is not None:
-        trainer.add_callback(LeaseCallback(lease))
-    preemption = PreemptionCallback(stop)
+    preemption = PreemptionCallback(stop, lease)  # also stops every rank together on a lost lease
     trainer.add_callback(preemption)  # last: it may override the save the callbacks before it asked for
     try:
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
@@ -253,16 +272,21 @@ def _train(stop: StopRequest, script_args: R1VScriptArguments, training_args: GR
         _finish_without_training(out, marker_name, resume, reached.global_step,
                                  source=_source(script_args, model_args))
         return None
+    # Once more after the last step end (its save included), on every rank: the lease may be lost since.
+    if preemption.lease_lost or preemption.agree(training_args)[2]:
+        if lease is not None:
+            lease.check()
+        raise LeaseLost(f"output_dir {out}: the lease was taken over by another writer (rank 0 names it); "
+                        "stopping so the two runs do not overwrite each other")
     if preemption.stopped_at is not None:
         step = preemption.stopped_at
+        mark_preempted()  # every rank agreed to stop here on a SIGTERM: a preemption, not a crash
         if preemption.saved:
             raise Preempted(f"stopped on SIGTERM after step {step}; {out / f'checkpoint-{step}'} is saved and "
                             "fsynced; the restart resumes from it")
         newest = ckpt.latest_complete_checkpoint(out, training_state)
         raise Preempted(f"stopped on SIGTERM after step {step} without a checkpoint (no time left to save one); "
                         f"the restart resumes from {newest or 'step 0'}")
-    if lease is not None:
-        lease.check()
     try:
         trainer.save_model(training_args.output_dir)  # on every rank: ZeRO-3 gathers the shards collectively
     except Exception as exc:
@@ -274,8 +298,9 @@ def _train(stop: StopRequest, script_args: R1VScriptArguments, training_args: GR
         raise DiskFull(out, f"the final model ({type(exc).__name__}); removed its partial weights; the restart "
                        "finishes the run from the last checkpoint once space is freed") from exc
     if trainer.accelerator.is_main_process:
-        marker = ckpt.write_completion_marker(out, marker_name, trainer.state.global_step,
-                                              _source(script_args, model_args))
+        with _disk_full_is_one_line(out, f"the completion marker {marker_name}"):
+            marker = ckpt.write_completion_marker(out, marker_name, trainer.state.global_step,
+                                                  _source(script_args, model_args))
         logger.info("final model in %s; completion marker %s", out, marker)
     trainer.accelerator.wait_for_everyone()
     stop.deferred = False  # finished: a SIGTERM from here on ends the metrics grace period, nothing else
@@ -357,7 +382,6 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as stopped:
         if _is_main_process():  # every rank stopped at the same step: one line says so
             print(f"r1v_job: preempted: {stopped}; exit {PREEMPTED}", file=sys.stderr)
-        mark_preempted()
         return PREEMPTED
     except DiskFull as full:
         print(f"r1v_job: error: {full}", file=sys.stderr)
@@ -366,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         print(f"r1v_job: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        mark_permanent()  # under torchrun this 2 becomes torchrun's 1: the launcher reads the file instead
         return 2
     return 0
 

@@ -224,11 +224,17 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(self.heartbeat_seconds + 5)
-        record = self._read()
-        if record is not None and record.get("token") == self.token:
-            self.path.unlink(missing_ok=True)
-        for tmp in self.dir.glob(f".{LEASE_FILE}.{self.token}.tmp"):
-            tmp.unlink(missing_ok=True)
+        # Safe on a lease never taken (acquire refused or interrupted): only a file with our token goes.
+        # An error here must not replace the one the run may be ending with (Preempted, DiskFull).
+        try:
+            record = self._read()
+            if record is not None and record.get("token") == self.token:
+                self.path.unlink(missing_ok=True)
+            for tmp in self.dir.glob(f".{LEASE_FILE}.{self.token}.tmp"):
+                tmp.unlink(missing_ok=True)
+        except OSError as exc:
+            logger.warning("output_dir %s: could not remove the lease %s: %s; the next run takes it over once it "
+                           "is stale", self.dir, self.path, exc)
         if self._created_dir:
             try:
                 self.dir.rmdir()  # only when nothing else was written there

@@ -7,7 +7,9 @@ the process exits PREEMPTED (143, 128 + SIGTERM, as a shell reports a process en
 Training Operator's ExitCode policy and the chart's podFailurePolicy retry it and the launcher's
 restart budget never counts it). When the grace period left cannot fit a save (the last save's
 duration is the estimate), the run says so and stops without one. SIGTERM before training starts
-stops at once: nothing is lost there.
+stops at once: nothing is lost there; that exit is 143 too, but only a stop all ranks agreed on
+creates R1V_PREEMPTED_FILE (torchrun also SIGTERMs the other workers when one crashes in setup,
+and that crash must count).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ GRACE_ENV = "R1V_GRACE_SECONDS"
 # A file the launcher names: the trainer creates it when it stops preempted, so the launcher can
 # tell a preemption from a crash although torchrun reports both as exit 1.
 PREEMPTED_FILE_ENV = "R1V_PREEMPTED_FILE"
+# Likewise for a permanent error (bad input, a lost lease: exit 2) raised in a worker after the
+# preflight: torchrun turns the worker's 2 into its own 1, which the launcher would retry as a crash.
+PERMANENT_FILE_ENV = "R1V_PERMANENT_FILE"
 # Below this many free bytes a failed write is taken for a full disk (torch.save reports ENOSPC as
 # "unexpected pos N vs M", with no errno).
 _NEARLY_FULL = 16 << 20
@@ -102,10 +107,16 @@ class StopRequest:
 
 class PreemptionCallback(TrainerCallback):
     """At each step end, every rank learns whether any rank got SIGTERM and the least grace time
-    left among them; then all stop, and save that step when the last save's duration fits."""
+    left among them; then all stop, and save that step when the last save's duration fits.
 
-    def __init__(self, stop: StopRequest):
+    The same all-reduce carries whether rank 0's output_dir lease was taken over: then every rank
+    stops at that step without saving (another writer owns the folder), and `run` raises LeaseLost on
+    every rank. A rank raising alone would leave the others blocked in this collective."""
+
+    def __init__(self, stop: StopRequest, lease=None):
         self.stop = stop
+        self.lease = lease  # rank 0's output_dir lease (r1v_job.lease), None on the other ranks
+        self.lease_lost = False  # some rank's lease was taken over: every rank stopped, nothing saved
         self.stopped_at: int | None = None  # the step training stopped after, on SIGTERM
         self.saved = False
         self.save_seconds: float | None = None  # the last checkpoint save, step end to on_save
@@ -115,21 +126,30 @@ class PreemptionCallback(TrainerCallback):
         self.stop.deferred = True
         return control
 
-    def _agree(self, args) -> tuple[bool, float]:
+    def agree(self, args) -> tuple[bool, float, bool]:
+        """(stop requested on any rank, least grace left, lease lost on any rank); collective: every
+        rank calls it at the same point."""
         requested, left = self.stop.requested, self.stop.seconds_left()
+        lost = self.lease is not None and self.lease.lost is not None
         import torch
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            # One all-reduce of two numbers per step: max(flag), max(-left) = -min(left).
-            both = torch.tensor([float(requested), -min(left, 1e12)], dtype=torch.float64, device=args.device)
-            dist.all_reduce(both, op=dist.ReduceOp.MAX)
-            requested, left = bool(both[0].item() > 0), -both[1].item()
-        return requested, left
+            # One all-reduce of three numbers per step: max(flag), max(-left) = -min(left), max(lost).
+            flags = torch.tensor([float(requested), -min(left, 1e12), float(lost)], dtype=torch.float64,
+                                 device=args.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            requested, left, lost = bool(flags[0].item() > 0), -flags[1].item(), bool(flags[2].item() > 0)
+        return requested, left, lost
 
     def on_step_end(self, args, state, control, **kwargs):
         self._step_end = time.monotonic()
-        requested, left = self._agree(args)
+        requested, left, lost = self.agree(args)
+        if lost:
+            self.lease_lost = True
+            control.should_training_stop = True
+            control.should_save = False  # the folder is another writer's now
+            return control
         if not requested:
             return control
         control.should_training_stop = True
@@ -153,8 +173,19 @@ class PreemptionCallback(TrainerCallback):
 
 
 def mark_preempted() -> None:
-    """Tell the launcher (R1V_PREEMPTED_FILE) that this exit is a preemption, not a crash."""
-    path = os.environ.get(PREEMPTED_FILE_ENV)
+    """Tell the launcher (R1V_PREEMPTED_FILE) that this exit is a preemption, not a crash. Called only
+    where every rank agreed to stop at a step end: a rank that torchrun stops because another worker
+    died is no preemption (the launcher learns of a SIGTERM to its own pod through its trap)."""
+    _mark(PREEMPTED_FILE_ENV)
+
+
+def mark_permanent() -> None:
+    """Tell the launcher (R1V_PERMANENT_FILE) that this exit 2 is permanent, not a crash."""
+    _mark(PERMANENT_FILE_ENV)
+
+
+def _mark(env: str) -> None:
+    path = os.environ.get(env)
     if path:
         try:
             Path(path).touch()

@@ -78,18 +78,6 @@ class RemoveMarkerCallback(TrainerCallback):
         return control
 
 
-class LeaseCallback(TrainerCallback):
-    """Stops rank 0 at the end of a step (before that step's save) once another writer has taken the
-    output_dir's lease: two runs must not overwrite each other's checkpoints (r1v_job.lease)."""
-
-    def __init__(self, lease):
-        self.lease = lease
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.lease.check()
-        return control
-
-
 def model_keys_from_checkpoint(model, state_dict: dict) -> dict:
     """`state_dict` read from a checkpoint, with its keys renamed the way `from_pretrained` renames them.
 
@@ -259,7 +247,8 @@ class R1VGRPOTrainer(GRPOTrainer):
         # batch per accumulation step and TRL uses only the first, so decoding happens here, once per
         # distinct image. The same PIL object then serves all of a prompt's rollouts, and the image
         # processor runs once per distinct image for TRL's two processor calls of the step.
-        inputs = self._usable_rows(inputs)
+        original = inputs
+        inputs = self._usable_rows(original)
         if not self.process_images_once:
             return super()._generate_and_score_completions(inputs)
         device = self.accelerator.device if self.send_images_once else None
@@ -275,7 +264,9 @@ class R1VGRPOTrainer(GRPOTrainer):
                 if not failed.first_call or failing.keys() <= refused.keys():
                     raise
                 refused.update(failing)
-                inputs = self._usable_rows(inputs, refused)
+                # From the rows as given, not the stand-ins of the last try: a stand-in re-hashed would
+                # differ from the one a rank that refused both images at once picks for the same prompt.
+                inputs = self._usable_rows(original, refused)
 
     # --- A row that fails at run time ------------------------------------------------------------
     # r1v_job.data checks every image before training, but a file can change after the check (the

@@ -46,6 +46,8 @@ def pod(tmp_path):
                         f'sleep "$STUB_{var}_SLEEP" & wait $!; }}\n'
                         # As the trainer does when it stops on SIGTERM (on this node or another)
                         f'[ -n "${{STUB_{var}_PREEMPTED:-}}" ] && touch "$R1V_PREEMPTED_FILE"\n'
+                        # As a worker does that exits 2 (bad input, a lease held or lost) under torchrun
+                        f'[ -n "${{STUB_{var}_PERMANENT:-}}" ] && touch "$R1V_PERMANENT_FILE"\n'
                         f'exit "${{STUB_{var}_RC:-0}}"\n')
         stub.chmod(0o755)
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "STUB_LOG": str(tmp_path / "calls.log"),
@@ -132,26 +134,30 @@ def test_sigterm_reaches_torchrun_and_its_code_is_kept(launcher, pod):
     assert "preempted" in proc.stderr.read().decode()
 
 
-@pytest.mark.parametrize("failing_rank, expected", [(None, 0), (1, 200)])
+@pytest.mark.parametrize("failing_rank, refused, expected", [(None, False, 0), (1, False, 200), (1, True, 2)])
 def test_real_torchrun_takes_the_operators_pet_env_and_a_worker_crash_is_retryable(
-        launcher, pod, tmp_path, failing_rank, expected):
+        launcher, pod, tmp_path, failing_rank, refused, expected):
     """The real torchrun under the launcher, with the PET_* variables both operators inject
     (Training Operator v1.9 and Trainer v2.3's torch plugin use the same names) and no topology
     flags, as the chart runs it. A failing worker makes torchrun exit 1, which the launcher turns
-    into the retryable 200: the reason the launcher exists."""
+    into the retryable 200: the reason the launcher exists. A worker whose r1v_job refuses its input
+    after the preflight (exit 2, as for a lease another writer holds) stays permanent: 2, not 200."""
     import sys
+    from pathlib import Path
 
     from tests.helpers import free_port
 
     _, env = pod
     worker = tmp_path / "worker.py"
+    fail = ("from r1v_job.grpo import main; sys.exit(main(['--no_such_field', '1']))" if refused else "sys.exit(3)")
     worker.write_text("import os, sys\n"
                       "rank = os.environ['RANK']\n"
                       "open(os.path.join(sys.argv[1], 'rank' + rank), 'w').write(os.environ['WORLD_SIZE'])\n"
-                      f"sys.exit(3 if rank == {str(failing_rank)!r} else 0)\n")
+                      f"if rank == {str(failing_rank)!r}:\n    {fail}\n")
     out = tmp_path / "ranks"
     out.mkdir()
     real = {**env, "PATH": f"{tmp_path / 'bin'}:{sys.executable.rsplit('/', 1)[0]}:{os.environ['PATH']}",
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
             "R1V_PREFLIGHT": "0", "OMP_NUM_THREADS": "1",
             "PET_NNODES": "1", "PET_NPROC_PER_NODE": "2", "PET_NODE_RANK": "0",
             "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(free_port())}
@@ -160,6 +166,9 @@ def test_real_torchrun_takes_the_operators_pet_env_and_a_worker_crash_is_retryab
                           timeout=180)
     assert proc.returncode == expected, proc.stderr[-2000:]
     assert {p.name: p.read_text() for p in out.iterdir()} == {"rank0": "2", "rank1": "2"}  # WORLD_SIZE 2
+    if refused:
+        assert "r1v_job: error: " in proc.stderr  # the worker's own line, above the launcher's
+        assert proc.stderr.strip().splitlines()[-1] == "r1v launch: the trainer refused its input (above); not retrying"
 
 
 def _budget(tmp_path, **extra):
@@ -198,6 +207,17 @@ def test_preemptions_never_use_the_restart_budget(launcher, pod):
     assert all("preempted" in r.stderr and "a worker failed" not in r.stderr for r in runs)
     crash = _budget(tmp_path, STUB_TORCHRUN_RC="1")
     assert [launch(launcher, env, **crash).returncode for _ in range(4)] == [200, 200, 200, 2]
+
+
+def test_a_permanent_error_in_a_worker_fails_the_job_at_once_even_beside_a_preemption(launcher, pod):
+    """torchrun reports a worker's exit 2 as its own 1; the file the worker created keeps it permanent
+    (it comes first: a run that refuses its input would refuse it again after a preemption too)."""
+    tmp_path, env = pod
+    for extra in ({}, {"STUB_TORCHRUN_PREEMPTED": "1"}):
+        proc = launch(launcher, env, STUB_TORCHRUN_RC="1", STUB_TORCHRUN_PERMANENT="1", **_budget(tmp_path), **extra)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == "r1v launch: the trainer refused its input (above); not retrying"
+    assert launch(launcher, env, STUB_TORCHRUN_RC="1").returncode == 200  # the file is the launcher's own each time
 
 
 def _pid1(launcher, env, **extra):

@@ -105,3 +105,53 @@ def test_an_image_the_processor_fails_on_starts_the_step_again_without_it(clevr_
     # The step's two images failed together, then each was tried alone; the step started again without
     # the failing one, and the pixels the model got came from calls without it.
     assert calls[:3] == [True, True, False] and calls[3:] and not any(calls[3:]), calls
+
+
+def test_a_stand_in_refused_in_turn_is_replaced_as_a_rank_refusing_both_at_once_replaces_it(
+        clevr_train, tiny_model_dir, tmp_path, monkeypatch):
+    """Every rank holding a prompt's rollouts must put the same row in its place. Here the prompt's
+    image fails in the processor, then so does its stand-in's: the row used is the one a rank that
+    met both failures in one try picks for that prompt (the stand-in chosen from the prompt's own
+    row, never from the refused stand-in's)."""
+    from r1v_job.grpo import build_trainer, parse_args
+    from r1v_job.image_work import _ImageCache, decode_images_once
+
+    trainer = build_trainer(*parse_args([
+        "--config", str(SMOKE), "--model_name_or_path", str(tiny_model_dir), "--dataset_name", str(clevr_train),
+        "--output_dir", str(tmp_path / "run"), "--offline_bootstrap", "false"]))
+    rows = [trainer.train_dataset[i] for i in (0, 1) for _ in range(4)]  # 2 prompts x 4 rollouts, images undecoded
+    keys = _ImageCache()
+
+    def what(row):
+        return row["problem"], row["solution"], decode_images_once([row])[0]["image"].tobytes()
+
+    bad = decode_images_once(rows[:1])[0]["image"]
+    first_stand_in = trainer._usable_rows(rows, {keys.key(bad): "refused"})[0]
+    also_bad = decode_images_once([first_stand_in])[0]["image"]
+    both = {keys.key(bad): "refused", keys.key(also_bad): "refused"}
+    expected = what(trainer._usable_rows(rows, both)[0])  # a rank that refused both images in its first try
+    failing = {bad.tobytes(), also_bad.tobytes()}
+    processor = trainer.processing_class.image_processor
+    real_preprocess = processor.preprocess
+
+    def preprocess(images, *args, **kwargs):
+        from transformers.image_utils import make_flat_list_of_images
+
+        if any(image.tobytes() in failing for image in make_flat_list_of_images(images)):
+            raise ValueError("cannot resize this image")
+        return real_preprocess(images, *args, **kwargs)
+
+    processor.preprocess = preprocess
+    tries = []
+    real = GRPOTrainer._generate_and_score_completions
+
+    def record(self, inputs):
+        tries.append([what(row) for row in inputs])
+        return real(self, inputs)
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", record)
+    trainer.model.train()
+    trainer._generate_and_score_completions(rows)
+    assert len(tries) == 3  # the prompt's image refused, then its stand-in's, then the step ran
+    assert tries[1][0] == what(first_stand_in) and expected != what(first_stand_in)
+    assert tries[-1][:4] == [expected] * 4 and tries[-1][4:] == [what(rows[4])] * 4

@@ -257,6 +257,24 @@ def test_sigterm_when_the_grace_period_cannot_fit_a_save_stops_without_one_and_s
     assert "without a checkpoint (no time left to save one); the restart resumes from" in capsys.readouterr().err
 
 
+def test_sigterm_before_training_is_no_preemption_the_launcher_is_told_of(tiny_model_dir, clevr_train, tmp_path,
+                                                                            monkeypatch, capsys):
+    """torchrun SIGTERMs the other workers when one dies while loading the model: those ranks stop at
+    once (143) but leave no preempted file, so the launcher counts the crash (a restart loop on a
+    crash in setup would otherwise never end). A SIGTERM to the pod itself reaches the launcher's trap."""
+    import r1v_job.grpo as grpo
+
+    def sigterm_while_loading(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        pytest.fail("the SIGTERM did not stop the setup")
+
+    monkeypatch.setattr(grpo, "build_trainer", sigterm_while_loading)
+    monkeypatch.setenv("R1V_PREEMPTED_FILE", str(tmp_path / "preempted"))
+    assert main(_argv(tiny_model_dir, clevr_train, tmp_path / "run")) == PREEMPTED
+    assert "r1v_job: preempted: SIGTERM outside the training loop" in capsys.readouterr().err
+    assert not (tmp_path / "preempted").exists()
+
+
 # A disk that fills during a checkpoint save (a real tmpfs of a few MB): one line naming ENOSPC and
 # the path, no partial checkpoint left, and once space is freed the restart resumes from the last
 # complete checkpoint. Rotation (save_total_limit) deletes older checkpoints only once the new one
@@ -315,3 +333,36 @@ def test_a_disk_that_fills_during_a_save_is_one_line_leaves_no_partial_checkpoin
     straight, resumed = _weights(runs["straight"]), _weights(out)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     assert _losses(out / "checkpoint-4") == _losses(runs["straight"] / "checkpoint-4")
+
+
+def _fill(disk, leave):
+    filler = disk / "filler"
+    filler.unlink(missing_ok=True)
+    st = os.statvfs(disk)
+    filler.write_bytes(b"\0" * max(st.f_bavail * st.f_frsize - leave, 0))
+
+
+def test_a_disk_that_fills_while_finishing_from_the_last_checkpoint_is_one_line_and_the_restart_finishes(
+        runs, small_disk, capsys):
+    """A restart at the last step makes its checkpoint the final model and writes the marker: a full
+    disk in either is one line (exit 1) with nothing half-written left, and the next restart finishes."""
+    out = _copy_run(runs["straight"], small_disk / "run", "checkpoint-4")
+    to_copy = [f for f in (out / "checkpoint-4").iterdir()
+               if f.is_file() and (ckpt._WEIGHTS.match(f.name) or ckpt._MODEL_FILES.match(f.name))]
+    pages = sum(-(-f.stat().st_size // 4096) * 4096 for f in to_copy) + 4096  # and the output_dir's lease
+    argv = _argv(runs["model"], runs["data"], out)
+    for leave, what in ((100 << 10, "the final model from checkpoint-4"), (pages, f"the completion marker {MARKER}")):
+        for f in to_copy:  # the small files copied before the weights in the first try: the restart rewrites them
+            (out / f.name).unlink(missing_ok=True)
+        _fill(small_disk, leave)  # the second time: room for the final model's files, not for the marker
+        assert main(argv) == 1
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("r1v_job:")]
+        assert len(lines) == 1 and "Traceback" not in lines[0], lines
+        assert lines[0].startswith(f"r1v_job: error: no space left on device (ENOSPC) writing {out}: {what} ("), lines
+        assert not list(out.glob(".*.tmp")) and not (out / MARKER).exists()
+    assert ckpt.final_weights(out)  # the copy that fitted stays; the marker is what the restart adds
+    (small_disk / "filler").unlink()
+    assert main(argv) == 0
+    marker = json.loads((out / MARKER).read_text())
+    assert marker["global_step"] == 4 and ckpt.marker_problem(out, marker) is None
+    assert (out / "model.safetensors").read_bytes() == (runs["straight"] / "model.safetensors").read_bytes()

@@ -5,8 +5,9 @@
 # policies read (trainer.restartPolicy ExitCode; docs/operations.md, "Signals, exit codes and
 # restarts"):
 #   0    training finished
-#   2    permanent: model or data set missing, bad recipe or arguments (r1v_job exits 2 on those);
-#        a retry would fail the same way, so the job fails at once
+#   2    permanent: model or data set missing, bad recipe or arguments (r1v_job exits 2 on those),
+#        or a trainer under torchrun refused its input or lost the output_dir's lease (it creates
+#        R1V_PERMANENT_FILE); a retry would fail the same way, so the job fails at once
 #   3    permanent: the data-prep marker did not appear within R1V_DATA_WAIT_TIMEOUT seconds (the
 #        data-prep Job failed or is stuck): the job fails instead of holding its GPUs for ever
 #   143  preempted: SIGTERM (preemption, node drain, eviction) reached this pod, or a trainer on
@@ -127,6 +128,10 @@ fi
 # node may have been signalled while every node's trainer stops at the same step.
 R1V_PREEMPTED_FILE=$(mktemp "${TMPDIR:-/tmp}/r1v-preempted.XXXXXX") && rm -f "$R1V_PREEMPTED_FILE"
 export R1V_PREEMPTED_FILE
+# Likewise for a permanent error a worker raised after the preflight (bad input found late, another
+# writer holding or taking the output_dir's lease): its exit 2 becomes torchrun's 1.
+R1V_PERMANENT_FILE=$(mktemp "${TMPDIR:-/tmp}/r1v-permanent.XXXXXX") && rm -f "$R1V_PERMANENT_FILE"
+export R1V_PERMANENT_FILE
 # torchrun gives its workers TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds after forwarding SIGTERM, then
 # SIGKILLs them: the trainer's grace (R1V_GRACE_SECONDS) must fit in it.
 if [ -n "${R1V_GRACE_SECONDS:-}" ] && [ -z "${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-}" ]; then
@@ -134,6 +139,12 @@ if [ -n "${R1V_GRACE_SECONDS:-}" ] && [ -z "${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-}"
 fi
 # torchrun in the background so that the pod's SIGTERM reaches it (it forwards it to the workers).
 run_waited torchrun "$@"
+if [ "$rc" -ne 0 ] && [ -e "$R1V_PERMANENT_FILE" ]; then
+  rm -f "$R1V_PERMANENT_FILE" "$R1V_PREEMPTED_FILE"
+  say "the trainer refused its input (above); not retrying"
+  exit "$PERMANENT"
+fi
+rm -f "$R1V_PERMANENT_FILE"
 if [ "$rc" -ne 0 ] && { [ -n "$stopping" ] || [ -e "$R1V_PREEMPTED_FILE" ]; }; then
   rm -f "$R1V_PREEMPTED_FILE"
   preempted "torchrun exited $rc after SIGTERM: the trainer stopped at a step boundary (its log above says whether it saved a checkpoint)"
