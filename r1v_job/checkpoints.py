@@ -137,6 +137,30 @@ def checkpoint_step(path: Path) -> int:
     return int(json.loads((path / "trainer_state.json").read_text())["global_step"])
 
 
+def rotate_checkpoints(output_dir: str | Path, save_total_limit: int, training_state: bool = True,
+                       best_model_checkpoint: str | None = None) -> list[Path]:
+    """Keeps the newest `save_total_limit` complete checkpoints (and the best model's); deletes the
+    older ones and any incomplete one below the oldest kept. Returns what it deleted.
+
+    transformers' own rotation counts every checkpoint-N folder, so a half-written folder of a higher
+    step (left by a run killed while saving, skipped on resume) would be kept as the newest and the
+    whole checkpoint just saved deleted. Incomplete folders above the kept ones stay: the run
+    overwrites each when it reaches its step."""
+    found = checkpoints_by_step(output_dir)
+    complete = [(step, path) for step, path in found if checkpoint_problem(path, training_state) is None]
+    kept = {path for _, path in complete[-save_total_limit:]}
+    if best_model_checkpoint:
+        kept.add(Path(best_model_checkpoint))
+    if not kept:
+        return []
+    oldest_kept = min(step for step, path in found if path in kept)
+    gone = [path for step, path in found if path not in kept and step < oldest_kept]
+    for path in gone:
+        logger.info("deleting %s (save_total_limit %d)", path, save_total_limit)
+        shutil.rmtree(path, ignore_errors=True)
+    return gone
+
+
 # --- durability --------------------------------------------------------------------------------
 
 def _fsync_dir(path: Path) -> None:

@@ -13,10 +13,9 @@ import torch
 import trl.trainer.grpo_trainer as trl_grpo
 from PIL import Image
 from transformers import TrainerCallback
-from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
 
-from .checkpoints import checkpoint_problem, fsync_tree, remove_completion_marker
+from .checkpoints import checkpoint_problem, fsync_tree, remove_completion_marker, rotate_checkpoints
 from .config import last_step
 from .image_work import (UnprocessableImages, UnusableImage, _ImageCache, decode_images_once, images_decoded_on_use,
                          process_each_image_once)
@@ -156,7 +155,8 @@ class R1VGRPOTrainer(GRPOTrainer):
         (without it a node crash or an NFS server restart shortly after a save can leave a
         checkpoint whose trainer_state.json exists while its weights are still in the page cache).
         Rotated: transformers deletes the checkpoints beyond `save_total_limit` inside its save,
-        before anything is fsynced; here they go only after the new one is on disk and whole.
+        before anything is fsynced, and counts half-written ones; here they go only after the new one
+        is on disk and whole, counting complete checkpoints only (checkpoints.rotate_checkpoints).
         Full disk: the half-written checkpoint is removed (it would keep filling the disk) and
         DiskFull names the folder; the restart resumes from the newest complete checkpoint.
         """
@@ -183,8 +183,9 @@ class R1VGRPOTrainer(GRPOTrainer):
             if problem := checkpoint_problem(folder, training_state=not self.args.save_only_model):
                 logger.warning("not rotating checkpoints: the new %s is not whole (%s)", folder, problem)
             else:
-                rotate_checkpoints(output_dir=str(run_dir), save_total_limit=limit,
-                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+                rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
+                                   training_state=not self.args.save_only_model,
+                                   best_model_checkpoint=self.state.best_model_checkpoint)
 
     def _init_training_state(self, max_steps, *args, **kwargs):
         """Refuses to train past the run's last step: transformers resumed from a checkpoint at the

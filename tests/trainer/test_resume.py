@@ -150,6 +150,27 @@ def _copy_run(src, dst, *checkpoints):
     return dst
 
 
+def test_rotation_counts_complete_checkpoints_only_and_keeps_the_newest_whole_one(runs, tmp_path):
+    """A save killed midway leaves a half-written folder of a higher step (resume skips it). Counting
+    it, transformers' rotation with save_total_limit 1 would keep that folder and delete the whole
+    checkpoint the run had just saved."""
+    from transformers.trainer_utils import rotate_checkpoints as transformers_rotate
+
+    def leftovers(out):
+        (out / "checkpoint-9").mkdir()  # killed while saving step 9 of an earlier attempt
+        (out / "checkpoint-9" / "model.safetensors").write_bytes(b"cut short")
+        (out / "checkpoint-1").mkdir()  # an older one, never finished
+        return out
+
+    ours = leftovers(_copy_run(runs["straight"], tmp_path / "ours", "checkpoint-2", "checkpoint-4"))
+    assert {p.name for p in ckpt.rotate_checkpoints(ours, 1)} == {"checkpoint-1", "checkpoint-2"}
+    assert sorted(p.name for p in ours.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-9"]
+    assert ckpt.latest_complete_checkpoint(ours) == ours / "checkpoint-4"
+    theirs = leftovers(_copy_run(runs["straight"], tmp_path / "theirs", "checkpoint-2", "checkpoint-4"))
+    transformers_rotate(output_dir=str(theirs), save_total_limit=1, use_mtime=False)
+    assert ckpt.latest_complete_checkpoint(theirs) is None  # what the rule above prevents
+
+
 @pytest.mark.parametrize("damage", ["model.safetensors", "optimizer.pt"])
 def test_a_corrupt_newest_checkpoint_is_skipped_naming_the_file(runs, tmp_path, caplog, damage):
     out = _copy_run(runs["straight"], tmp_path / "run", "checkpoint-2", "checkpoint-4")
