@@ -118,8 +118,6 @@ class Cluster:
         """Asks the API server (SelfSubjectAccessReview) whether this identity may `verb` the object's
         kind, so that a missing RBAC permission refuses the submission before the first write. A
         server without the authorization API, or a claim that is kept, is not asked."""
-        from kubernetes.client.rest import ApiException
-
         if obj["kind"] == "PersistentVolumeClaim" and verb == "patch":
             return
         ns = obj["metadata"].get("namespace", namespace)

@@ -4,7 +4,9 @@ kmock's fake Kubernetes API server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -102,3 +104,21 @@ def bad_images(folder: Path) -> dict[str, object]:
     os.mkfifo(folder / "fifo.png")
     Image.new("CMYK", (64, 48), (0, 200, 200, 0)).save(folder / "cmyk.jpg")
     return {"wide": "wide.png", "fifo": "fifo.png", "number": 42, "cmyk": "cmyk.jpg"}
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, options: str):
+    """A real tmpfs mounted on `folder` (made here) with mount(8) `options` ("size=1m", "ro,size=1m"): a
+    disk that fills, or one no process may write, root included. Skips the test where it cannot mount."""
+    import pytest
+
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.helpers import tmpfs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,14 +52,7 @@ def test_as_pid_1_sigterm_stops_the_evaluator_at_once(questions, tmp_path):
 
 @pytest.fixture
 def full_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", "size=1m") as mount:
         (mount / "eval" / "final" / "cot").mkdir(parents=True)
         fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
         try:
@@ -67,11 +61,7 @@ def full_disk(tmp_path):
         except OSError:
             pass
         os.close(fd)
-    except BaseException:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-        raise
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+        yield mount
 
 
 def test_a_full_disk_is_one_line_with_enospc_and_the_path_and_exit_6(tiny_model, questions, full_disk):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from r1v_job.grpo import main
+from tests.helpers import tmpfs
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "recipes" / "smoke_cpu.yaml"
@@ -205,13 +206,8 @@ def test_a_bad_recipe_value_is_one_line_exit_2_before_data_or_model(good_argv, t
 @pytest.fixture
 def read_only_folder(tmp_path):
     """A read-only tmpfs: a folder no process may write in, root included."""
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
-    yield folder
-    subprocess.run(["umount", str(folder)], check=True)
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as folder:
+        yield folder
 
 
 def test_a_read_only_output_dir_is_one_line_exit_2(good_argv, read_only_folder, capsys, monkeypatch):

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
 
 import pytest
@@ -22,6 +21,7 @@ from r1v_job.grpo import main, parse_args, run
 from r1v_job.preemption import PREEMPTED
 from r1v_job.trainer import ResumeError
 from tests.trainer import kill_reward
+from tests.helpers import tmpfs
 
 MARKER = ckpt.COMPLETION_MARKER
 
@@ -303,15 +303,8 @@ def test_sigterm_before_training_is_no_preemption_the_launcher_is_told_of(tiny_m
 
 @pytest.fixture
 def small_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "disk", "size=16m") as mount:
+        yield mount
 
 
 def test_a_disk_that_fills_during_a_save_is_one_line_leaves_no_partial_checkpoint_and_resumes(
