@@ -37,17 +37,19 @@ rewards.accuracy_reward([[{"content": "<answer>3</answer>"}]], solution=["<answe
 owners = packages_distributions()
 root = sys.argv[1]
 loaded, direct = set(), set()
+def ours(path):  # under the checkout, but not an installed package (the venv may live in the checkout)
+    return path.startswith(root) and "site-packages" not in path
 for name, module in list(sys.modules.items()):
     top = name.partition(".")[0]
     where = getattr(module, "__file__", None) or ""
-    if where.startswith(root):  # the project's own module: what it imports at its top level
+    if ours(where):  # the project's own module: what it imports at its top level
         for value in vars(module).values():
             try:  # a lazy module (torch.backends.cuda) raises on any attribute without a GPU
                 owner = getattr(value, "__module__", None) if not hasattr(value, "__spec__") else value.__name__
             except Exception:
                 continue
             owner = owner.partition(".")[0] if isinstance(owner, str) else None
-            own = (getattr(sys.modules.get(owner), "__file__", None) or "").startswith(root)
+            own = ours(getattr(sys.modules.get(owner), "__file__", None) or "")
             if owner in owners and not own:
                 direct.update(owners[owner])
     elif top in owners:
