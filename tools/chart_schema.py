@@ -45,12 +45,13 @@ class ValuesError(ValueError):
 
 
 def comment_blocks(text: str) -> dict[tuple[str, ...], list[str]]:
-    """The comment lines right above each map key of values.yaml, by key path (list items skipped)."""
+    """The comment lines right above each map key of values.yaml, by key path (keys inside list items
+    get paths that no map of values has, so nothing reads them)."""
     blocks: dict[tuple[str, ...], list[str]] = {}
     stack: list[tuple[int, str]] = []
     pending: list[str] = []
     for line in text.splitlines():
-        if (comment := COMMENT.match(line)) and line.lstrip().startswith("#"):
+        if comment := COMMENT.match(line):
             pending.append(comment.group(1))
             continue
         key = KEY.match(line)
