@@ -9,7 +9,7 @@ IMAGE_TAG  ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 REVISION   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 BUILDER    ?= $(shell command -v docker >/dev/null 2>&1 && echo docker || echo buildah)
 
-.PHONY: setup tools test demo smoke images lock bench gpu-wheels clean
+.PHONY: setup tools test demo smoke images lock bench gpu-wheels schema clean
 
 setup: $(VENV)/.installed
 
@@ -61,6 +61,11 @@ images:
 	  -t $(IMAGE_REPO)/r1v-trainer:$(IMAGE_TAG) .
 	$(BUILDER) build -f docker/evaluator.Dockerfile --build-arg VERSION=$(IMAGE_TAG) --build-arg REVISION=$(REVISION) \
 	  --build-arg CUDA_BASE_DIGEST=$(CUDA_BASE_DIGEST) -t $(IMAGE_REPO)/r1v-evaluator:$(IMAGE_TAG) .
+
+# The chart's values.schema.json and README.md from the comments of its values.yaml (tools/chart_schema.py;
+# the tests check they match).
+schema: setup
+	$(PY) tools/chart_schema.py
 
 # The images' lock files (docker/*.lock: every distribution with its hashes) from pyproject.toml's
 # pins, with uv from the dev extra; reads PyPI. Run after changing any pin; the tests check they match.
