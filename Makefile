@@ -32,7 +32,7 @@ test: setup tools
 smoke: setup
 	$(PY) -m r1v_job --config recipes/smoke_cpu.yaml
 
-# Miniature R1-V on 2 CPU cores, three seeds (~9 min on 2 free cores, docs/demo.md): warm-up
+# Miniature R1-V on 2 CPU cores, three seeds (its time: docs/demo.md, "Timing"): warm-up
 # SFT until the dev split counts and 100 steps more, GRPO via r1v_job, two SFT controls, eval_job scores, table (means and
 # 95% intervals) and plot in runs/demo/. PUSHGATEWAY=http://host:9091 also pushes the scores.
 demo: setup

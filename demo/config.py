@@ -21,16 +21,15 @@ class DemoConfig:
     scenes: SceneConfig = SceneConfig()
     model: ModelSize = ModelSize()
     # The warm-up's budget (and the horizon of its linear schedule); demo/start.py's rule ends it
-    # earlier. At 1e-3 the dev split crossed 90% at steps 200-250 on the seeds tried (300- and
-    # 400-step schedules); at the earlier 3e-3 one seed had not learned to count after 500 steps
-    # (docs/demo.md). 400 leaves room for the rule's margin after the latest crossing seen.
+    # earlier. 400 leaves room for the rule's margin after the latest dev crossing seen at this
+    # learning rate (docs/demo-history.md).
     warmup: SFTSettings = SFTSettings(max_steps=400)
     # Train on 100 steps past the dev crossing: at the crossing itself the counting skill has only
-    # just arrived and does not reach new objects yet (held-out near chance on all three seeds at
-    # 4ee26da). The margin was written down as the next step before any run of it (docs/demo.md).
+    # just arrived and does not reach new objects yet. The margin was fixed before any run of it
+    # (docs/demo-history.md).
     rule: StartRule = StartRule(margin=100)
     # The controls' optimizer settings; their learning rate, schedule, batch of prompts and number of
-    # steps are GRPO's (see pipeline.control_settings), so that only the learning signal differs.
+    # steps are GRPO's (see stage.control_settings), so that only the learning signal differs.
     control: SFTSettings = SFTSettings(warmup_ratio=0.0)
     # Overrides of recipes/demo_cpu.yaml fields, as `--field value` for r1v_job.
     grpo: dict = field(default_factory=dict)
@@ -39,7 +38,7 @@ class DemoConfig:
     # Room for the CoT teacher's longest trace (6 objects, ~45 tokens); a model that rambles past it
     # is cut off and counted as a parse failure. Models that stop early cost nothing extra.
     eval_max_new_tokens: int = 64
-    # Intra-op threads per process, and processes side by side (see pipeline.THREADS_WHY).
+    # Intra-op threads per process, and processes side by side (demo/pipeline.py says why).
     threads: int = 1
     workers: int = 2
 

@@ -1,4 +1,4 @@
-"""Warm-up trajectories for docs/demo.md: the start rule's dev checks every 25 steps, with a
+"""Warm-up trajectories for docs/demo-history.md: the start rule's dev checks every 25 steps, with a
 checkpoint at each check (score them on any split with eval_job --checkpoints), without stopping;
 with --stop, the start exactly as the demo chooses it (under other threads or init seeds).
 

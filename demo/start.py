@@ -32,7 +32,7 @@ class StartRule:
     threshold: float = 0.9  # dev accuracy (greedy, R1-V's strict rule) that ends the warm-up
     margin: int = 0  # steps trained after the threshold is crossed
     prompt: str = "cot"  # R1-V's eval prompt
-    stop: bool = True  # False: train to the budget and record every check (docs/demo.md's curves)
+    stop: bool = True  # False: train to the budget and record every check (the warm-up trials of docs/demo-history.md)
 
 
 class LiveGenerator(Generator):

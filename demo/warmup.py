@@ -44,8 +44,8 @@ class ModelSize:
     hidden_size: int = 128
     layers: int = 2
     heads: int = 4
-    # The vision tower is the bottleneck: with objects placed anywhere, 64 dims had not learned to
-    # count after 800 steps and 128 counted about half the scenes by then (docs/demo.md).
+    # The vision tower is what limits counting; 64 dims learn it too slowly for the demo's warm-up
+    # (docs/demo-history.md).
     vision_dim: int = 128
     vision_depth: int = 2
 

@@ -87,7 +87,7 @@ class R1VScriptArguments(ScriptArguments):
                           "horizon (max_steps, or num_train_epochs when max_steps is -1). R1-V's claim is at "
                           "step 100 of a linear schedule over 8,750 steps. Default: train to the horizon."},
     )
-    # Speed levers (issue 12; docs/performance.md has what each saves). None changes the algorithm.
+    # Speed levers (docs/performance.md has what each saves). None changes the algorithm.
     dedup_vision: bool = field(
         default=True,
         metadata={"help": "Run the vision tower once per distinct image per pass (generation prefill, reference, "

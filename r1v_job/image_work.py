@@ -1,13 +1,13 @@
 """CPU image work of a GRPO step, done once per distinct image and only for rows that are used.
 
-Measured on one H200 (docs/performance.md): "other" was 2.11 s of an 8.9 s step, nearly all image
-work on the training process's critical path:
+On a GPU the step's "other" time is nearly all image work on the training process's critical path
+(docs/performance.md has the figures):
 - the Trainer prefetches one batch per accumulation step and TRL keeps only the first, so 7 x 128
-  rows were decoded and thrown away at micro-batch 16 (~1.1 s). `images_decoded_on_use` leaves the
+  rows were decoded and thrown away at micro-batch 16. `images_decoded_on_use` leaves the
   dataset's images undecoded; `decode_images_once` decodes the rows TRL does use, each distinct
   image once, and gives all rollouts of a prompt the same PIL object;
-- the image processor ran on all 128 copies twice per step (~1.2 s; 0.05 s for the 16 distinct
-  images once). `process_each_image_once` makes the processor's image step reuse, within a step,
+- the image processor ran on all 128 copies twice per step, where the 16 distinct images once
+  would do. `process_each_image_once` makes the processor's image step reuse, within a step,
   what it computed for an equal image: the same image processor, the same call, the same pixels.
 - the processor then concatenated 128 copies of 16 images' pixels on the CPU (450 MB fp32 for
   480x320 scenes, twice a step) for the Trainer to copy them to the GPU. Given a `device`,

@@ -57,9 +57,10 @@ def check_precision(script_args, training_args, model_args) -> None:
     """Refuse a recipe whose optimizer would update 16-bit weights directly.
 
     Without DeepSpeed, transformers' AdamW updates the weights in the dtype they were loaded in: at
-    R1-V's lr 1e-6, 98% of bf16 weights never change (the update is below half a bf16 ulp). DeepSpeed's
-    bf16/fp16 optimizers keep fp32 master weights themselves; without it the weights must load as
-    float32, and `bf16: true` then trains under bf16 autocast, as R1-V's README run did.
+    R1-V's lr 1e-6 most bf16 weights never change (the update is below half a bf16 ulp; the measured
+    share: docs/fidelity.md, "precision"). DeepSpeed's bf16/fp16 optimizers keep fp32 master weights
+    themselves; without it the weights must load as float32, and `bf16: true` then trains under bf16
+    autocast, as R1-V's README run did.
     """
     dtype = str(model_args.dtype or "auto").removeprefix("torch.")
     if training_args.deepspeed or dtype not in _HALF_DTYPES:

@@ -198,9 +198,9 @@ class R1VGRPOTrainer(GRPOTrainer):
         return result
 
 
-    # --- Speed levers (issue 12) ---------------------------------------------------------------
-    # Measured on one H200 (docs/performance.md): of an 8.9 s 128-rollout step, the vision tower on
-    # 8 copies of every image was ~2.4 s of repeated work and CPU image work ~2.1 s ("other"). The
+    # --- Speed levers ----------------------------------------------------------------------------
+    # Two costs of a step repeat work (their GPU figures: docs/performance.md): the vision tower runs
+    # on every rollout's copy of each image, and the CPU decodes and processes every copy. The
     # levers below remove both without changing the algorithm; each has a recipe switch
     # (r1v_job.config) so the bench can measure it alone. Compiled decoding is opt-in, unmeasured.
     # Two more host-side costs on the step's path: the rollouts' pixel copies assembled on the CPU and
@@ -227,7 +227,7 @@ class R1VGRPOTrainer(GRPOTrainer):
                     enable_rope_index_once(model)
         if compile_generation:
             # TRL builds its GenerationConfig with disable_compile=True; a static cache is what lets
-            # transformers compile the decode step (on CUDA) instead of running ~30 ms of eager launches.
+            # transformers compile the decode step (on CUDA) instead of launching every op eagerly.
             self.generation_config.cache_implementation = "static"
             self.generation_config.disable_compile = False
             if self.generation_kwargs is not None:

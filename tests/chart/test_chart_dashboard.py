@@ -1,7 +1,7 @@
-"""The Grafana dashboard parses, covers the panels the issue lists, filters every query on the
-namespace and run variables, and queries only metrics that the trainer or the evaluator actually
-registers (enumerated from their registries, not a list) or that docs/metrics.md lists as another
-exporter's (dcgm-exporter, kube-state-metrics)."""
+"""The Grafana dashboard parses, covers the panels docs/operations.md lists (step 9, Grafana),
+filters every query on the namespace and run variables, and queries only metrics that the trainer
+or the evaluator actually registers (enumerated from their registries, not a list) or that
+docs/metrics.md lists as another exporter's (dcgm-exporter, kube-state-metrics)."""
 
 from __future__ import annotations
 
