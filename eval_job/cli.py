@@ -26,8 +26,8 @@ from eval_job.data import DataError, read_questions
 from eval_job.evaluate import SUMMARY, evaluate_target, write_atomically
 from eval_job.wait import (TrainingFailed, WaitConfigError, WaitTimeout, parse_wait_for, wait_for_job,
                            wait_for_marker)
-from r1v_job.processing import IMAGE_BACKENDS
-from r1v_job.prompts import EVAL_PROMPTS
+from r1v_common.processing import IMAGE_BACKENDS
+from r1v_common.prompts import EVAL_PROMPTS
 
 log = logging.getLogger("eval_job")
 

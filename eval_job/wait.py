@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from eval_job.checkpoints import MARKER
-from r1v_job.checkpoints import marker_problem, read_marker
+from r1v_common.checkpoints import marker_problem, read_marker
 
 log = logging.getLogger(__name__)
 

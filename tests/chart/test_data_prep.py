@@ -142,7 +142,7 @@ def test_a_question_file_with_another_sha256_is_fetched_again_then_refused(tmp_p
 def test_the_hub_commit_is_resolved_once_recorded_and_kept(tmp_path, monkeypatch):
     import huggingface_hub
 
-    from r1v_job.checkpoints import SOURCE_RECORD, source_revision
+    from r1v_common.checkpoints import SOURCE_RECORD, source_revision
 
     heads = {None: "c1" * 20}
     downloads = []
