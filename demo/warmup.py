@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from r1v_job.prompts import EVAL_PROMPTS, TRAIN_PROMPT
+from r1v_common.prompts import EVAL_PROMPTS, TRAIN_PROMPT
 from r1v_job.synthetic import read_jsonl
 
 # The start's answer formats. The thinking is one short sentence: a tiny model pays for every

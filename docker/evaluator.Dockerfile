@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # The evaluator: `python -m eval_job`, also used for the chart's data preparation and helm test
-# (it has the Hub client and the Kubernetes client). No compiler, no flash-attn, no DeepSpeed.
+# (it has the Hub client and the Kubernetes client). No compiler, no flash-attn, no DeepSpeed, and
+# nothing of the trainer: eval_job stands on r1v_common only (tests/eval/test_imports.py), and the lock
+# holds the base, eval and k8s pins, not the train extra.
 # Build from the repository root:
 #   docker build -f docker/evaluator.Dockerfile -t r1v-evaluator:0.1.0 .
 
@@ -31,7 +33,7 @@ WORKDIR /src
 COPY pyproject.toml docker/evaluator.lock ./
 RUN pip install --no-cache-dir --require-hashes -r evaluator.lock
 COPY README.md ./
-COPY r1v_job ./r1v_job
+COPY r1v_common ./r1v_common
 COPY eval_job ./eval_job
 # r1v_submit carries the chart as package data (r1v_submit/chart links to charts/r1v, whose
 # files/ link to recipes/): all three are copied so the wheel built here holds the chart.

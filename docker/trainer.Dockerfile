@@ -44,6 +44,7 @@ ENV TORCH_CUDA_ARCH_LIST="8.0;9.0" \
     DS_BUILD_UTILS=1
 RUN pip install --no-cache-dir --require-hashes --no-build-isolation -r trainer-gpu.lock
 COPY README.md ./
+COPY r1v_common ./r1v_common
 COPY r1v_job ./r1v_job
 COPY eval_job ./eval_job
 # r1v_submit carries the chart as package data (r1v_submit/chart links to charts/r1v, whose

@@ -1,7 +1,7 @@
 """What to score: every complete `checkpoint-N/` in step order, then the final model.
 
 The trainer writes checkpoints in transformers' layout; one is complete when its
-`trainer_state.json` (written last) parses and its weights are whole (r1v_job.checkpoints'
+`trainer_state.json` (written last) parses and its weights are whole (r1v_common.checkpoints'
 rules, without the optimizer states only a resume needs), so a half-written checkpoint is never scored.
 """
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # The trainer's own rules for what a complete checkpoint is (stdlib only: no trl in this image).
-from r1v_job.checkpoints import COMPLETION_MARKER as MARKER
-from r1v_job.checkpoints import checkpoint_problem, checkpoints_by_step, final_weights, marker_problem, read_marker
+from r1v_common.checkpoints import COMPLETION_MARKER as MARKER
+from r1v_common.checkpoints import checkpoint_problem, checkpoints_by_step, final_weights, marker_problem, read_marker
 
 log = logging.getLogger(__name__)
 

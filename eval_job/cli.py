@@ -24,10 +24,10 @@ from eval_job import metrics
 from eval_job.checkpoints import FINAL, Target, find_targets, same_weights
 from eval_job.data import DataError, read_questions
 from eval_job.evaluate import SUMMARY, evaluate_target, write_atomically
-from eval_job.wait import (TrainingFailed, WaitConfigError, WaitTimeout, parse_wait_for, wait_for_job,
-                           wait_for_marker)
-from r1v_job.processing import IMAGE_BACKENDS
-from r1v_job.prompts import EVAL_PROMPTS
+from eval_job.wait import WaitConfigError, WaitTimeout, parse_wait_for, wait_for_job, wait_for_marker
+from r1v_common.jobs import JobFailed
+from r1v_common.processing import IMAGE_BACKENDS
+from r1v_common.prompts import EVAL_PROMPTS
 
 log = logging.getLogger("eval_job")
 
@@ -127,7 +127,7 @@ def _wait(args: argparse.Namespace, model_dir: Path, run: str) -> int:
     except RuntimeError as e:  # the API refused (e.g. 403: the service account may not read the job's kind)
         log.error("cannot read the training job: %s", str(e).splitlines()[0])
         return EXIT_INPUT
-    except TrainingFailed as e:
+    except JobFailed as e:
         log.error("%s; nothing to evaluate", e)
         if args.pushgateway:
             # Grouped as the run's final model: the run's end result is this failure, and a later

@@ -2,7 +2,7 @@
 `{"image_path": "./images/x.png", "question": "How many ...?", "ground_truth": 4}`.
 
 A bad row (text that is not UTF-8, malformed JSON, a missing field, a non-integer ground truth, an
-`image_path` that is not text, an image that `r1v_job.processing.image_problem` refuses: missing, not a
+`image_path` that is not text, an image that `r1v_common.processing.image_problem` refuses: missing, not a
 regular file, not decodable, an aspect ratio Qwen2-VL refuses, too many pixels, a colour mode such as
 CMYK, too slow to read) is skipped and reported as `FILE:LINE: reason`, so one broken image cannot sink
 a 200-question run; the skipped rows are named in every summary. Zero usable questions is an error.
@@ -14,8 +14,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from r1v_job.processing import image_problem
-from r1v_job.synthetic import jsonl_lines
+from r1v_common.jsonl import jsonl_lines
+from r1v_common.processing import image_problem
 
 log = logging.getLogger(__name__)
 

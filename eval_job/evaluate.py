@@ -24,7 +24,7 @@ from pathlib import Path
 from eval_job.checkpoints import Target, model_identity
 from eval_job.data import Question, Skip
 from eval_job.scoring import RULES, score
-from r1v_job.prompts import EVAL_PROMPTS
+from r1v_common.prompts import EVAL_PROMPTS
 
 log = logging.getLogger(__name__)
 

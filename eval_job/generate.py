@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from r1v_job.processing import load_processor
-from r1v_job.prompts import conversation
+from r1v_common.processing import load_processor
+from r1v_common.prompts import conversation
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class Generator:
     def __init__(self, model_dir: str | Path, processor_dir: str | Path | None = None, *,
                  min_pixels: int | None = None, max_pixels: int | None = None, image_backend: str = "pil"):
         self.device, dtype, attn = runtime()
-        # The trainer's processor construction (r1v_job.processing): the same pixels in both.
+        # The trainer's processor construction (r1v_common.processing): the same pixels in both.
         self.processor = load_processor(processor_dir or model_dir, image_backend=image_backend,
                                         min_pixels=min_pixels, max_pixels=max_pixels)
         self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn)
@@ -60,7 +60,7 @@ class Generator:
 
     @torch.inference_mode()
     def generate(self, images: list[Path], questions: list[str], template: str, max_new_tokens: int) -> list[str]:
-        """One decoded completion per (image, question); `template` is one of r1v_job.prompts'."""
+        """One decoded completion per (image, question); `template` is one of r1v_common.prompts'."""
         texts = [self.processor.apply_chat_template(conversation(q, template), tokenize=False,
                                                     add_generation_prompt=True) for q in questions]
         pictures = []

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from trl import ScriptArguments
 
-from .checkpoints import COMPLETION_MARKER
+from r1v_common.checkpoints import COMPLETION_MARKER
 
 
 @dataclass
@@ -35,7 +35,7 @@ class R1VScriptArguments(ScriptArguments):
     image_backend: str = field(
         default="pil",
         metadata={"help": "Image processor backend, pil or torchvision. pil gives R1-V's pixels exactly; "
-                          "transformers 5's default, torchvision, differs by up to 0.03 (r1v_job.processing).",
+                          "transformers 5's default, torchvision, differs by up to 0.03 (r1v_common.processing).",
                   "choices": ["pil", "torchvision"]},
     )
     metrics_port: int = field(

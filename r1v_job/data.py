@@ -5,7 +5,7 @@ parquet files (a file, a glob, or a folder of them) or a jsonl whose `image` hol
 ones resolve against `image_root`, else the jsonl's folder). Rows TRL could not train on are dropped
 up front, counted and logged with `FILE:LINE: reason` (`row N` for other forms): a jsonl line that
 is not JSON, a field of the wrong type (an `image` that is a number or a list), an image that
-`r1v_job.processing.image_problem` refuses (does not decode, not a regular file, an aspect ratio
+`r1v_common.processing.image_problem` refuses (does not decode, not a regular file, an aspect ratio
 Qwen2-VL refuses, too many pixels, a colour mode such as CMYK, too slow to read), a solution
 without a number. One bad row must not stop a 70k-row run half way; an empty result is an error
 that says why. A row that fails anyway during training is replaced there (`R1VGRPOTrainer`).
@@ -19,9 +19,10 @@ import re
 from pathlib import Path
 
 import datasets
-from .processing import image_problem
-from .prompts import TRAIN_PROMPT
-from .synthetic import jsonl_lines
+
+from r1v_common.jsonl import jsonl_lines
+from r1v_common.processing import image_problem
+from r1v_common.prompts import TRAIN_PROMPT
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from .data import DataError, load_train_dataset
 from .lease import LEASE_FILE, Lease, LeaseLost
 from .metrics import finish_training_metrics, training_callbacks
 from .preflight import UsageError, check_chart_keys, check_recipe_types, run_checks
-from .processing import load_processor
+from r1v_common.processing import load_processor
 from .rewards import get_reward_funcs
 from .preemption import (PREEMPTED, DiskFull, Preempted, PreemptionCallback, StopRequest, is_disk_full,
                          mark_permanent, mark_preempted, remove_partial)

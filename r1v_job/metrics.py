@@ -296,7 +296,7 @@ def training_callbacks(script_args, reward_names: list[str], source: dict[str, s
                        ) -> list[TrainerCallback]:
     """The trainer's metrics callbacks for the recipe's script fields; `reward_names` are the reward
     functions' `__name__`s, the keys TRL logs them under (an import path's function name); `source`
-    the model and data revisions (r1v_job.checkpoints.source_revisions) for r1v_train_source_info."""
+    the model and data revisions (r1v_common.checkpoints.source_revisions) for r1v_train_source_info."""
     return [PrometheusCallback(script_args.metrics_port, reward_names, addr=script_args.metrics_addr,
                                stop_at_step=script_args.stop_at_step,
                                grace_seconds=script_args.metrics_grace_seconds, source=source),

@@ -353,7 +353,7 @@ def check_output(script_args, training_args, model_args) -> None:
     if not isinstance(marker, str) or not marker or marker in (".", "..") or "/" in marker or os.sep in marker:
         raise UsageError(f"completion_marker {_show(marker)}: must be a file name inside output_dir, without "
                          f"folders (default: training_complete.json)")
-    from .checkpoints import _MODEL_FILES, _WEIGHTS
+    from r1v_common.checkpoints import _MODEL_FILES, _WEIGHTS
 
     if _MODEL_FILES.match(marker) or _WEIGHTS.match(marker):
         raise UsageError(f"completion_marker {marker!r}: the name of a final model file; choose another name")

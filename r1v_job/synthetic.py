@@ -191,24 +191,6 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def jsonl_lines(path: str | Path):
-    """Each non-blank line of a jsonl file someone else wrote, as (line number, JSON object or None,
-    why not one or None). Read as bytes and decoded line by line: one non-UTF-8 byte spoils its
-    line, not the file. Raises OSError when the file cannot be read."""
-    lines = Path(path).read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n")  # a leading BOM is not data
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue  # blank lines (e.g. a trailing newline) are not rows
-        try:
-            row = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            yield number, None, f"not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1})"
-        except json.JSONDecodeError as exc:
-            yield number, None, f"malformed JSON ({exc.msg} at column {exc.colno})"
-        else:
-            yield (number, row, None) if isinstance(row, dict) else (number, None, "not a JSON object")
-
-
 def write_clevr_train(out: str | Path, n: int, size: int | tuple[int, int] = 112, seed: int = 0,
                       style: SceneStyle = CLEVR_STYLE, describe: bool = False) -> Path:
     """CLEVR-70k schema: image, problem, solution. Returns the jsonl path. With `describe`, each

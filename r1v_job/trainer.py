@@ -21,7 +21,7 @@ from .image_work import (UnprocessableImages, UnusableImage, _ImageCache, decode
                          process_each_image_once)
 from .preflight import UsageError
 from .preemption import DiskFull, is_disk_full, remove_partial
-from .processing import decoded_image_problem
+from r1v_common.processing import decoded_image_problem
 from .vision_dedup import enable_rope_index_once, enable_vision_dedup
 
 logger = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ class R1VGRPOTrainer(GRPOTrainer):
     # check's result is cached by the data set's fingerprint, not the images'), and the processor may
     # fail on what the check let through. Raised inside a step, that error would recur at the same step
     # on every restart (the data order is restored on resume): a crash loop. So each distinct image of
-    # the step is decoded and checked here (r1v_job.processing.decoded_image_problem), and an image the
+    # the step is decoded and checked here (r1v_common.processing.decoded_image_problem), and an image the
     # processor fails on in TRL's first processor call of the step is refused and the step begins
     # again; each row with a failing image is replaced by a usable row of the data set. With
     # process_images_once off, the data loader decodes the images (a failure there is not caught) and

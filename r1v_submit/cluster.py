@@ -1,13 +1,15 @@
 """Creating the rendered objects and following the training job, through the kubernetes client
-(and kubeflow-training's TrainingClient for the PyTorchJob)."""
+(and kubeflow-training's TrainingClient for the PyTorchJob); the training job kinds and the waiter
+are r1v_common.jobs', shared with the evaluator."""
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import Any
 
+from r1v_common.jobs import JOB_KINDS as TRAINING_JOBS
+from r1v_common.jobs import JobFailed, JobTimeout, wait_for_job
 from r1v_submit.chart import SubmitError
 
 # Kinds the chart renders -> REST plural (namespaced, all of them). tests/chart/test_submit.py
@@ -15,7 +17,7 @@ from r1v_submit.chart import SubmitError
 PLURALS = {
     "ServiceAccount": "serviceaccounts", "Role": "roles", "RoleBinding": "rolebindings",
     "ConfigMap": "configmaps", "PersistentVolumeClaim": "persistentvolumeclaims", "Service": "services",
-    "Job": "jobs", "PyTorchJob": "pytorchjobs", "TrainingRuntime": "trainingruntimes", "TrainJob": "trainjobs",
+    "Job": "jobs", "TrainingRuntime": "trainingruntimes", **{k.kind: k.plural for k in TRAINING_JOBS.values()},
     "ServiceMonitor": "servicemonitors", "PodMonitor": "podmonitors", "PrometheusRule": "prometheusrules",
     "NetworkPolicy": "networkpolicies", "CronJob": "cronjobs",
 }
@@ -26,11 +28,7 @@ ORDER = ["NetworkPolicy", "ServiceAccount", "ConfigMap", "PersistentVolumeClaim"
          "Job", "CronJob", "TrainingRuntime", "PyTorchJob", "TrainJob", "ServiceMonitor", "PodMonitor",
          "PrometheusRule"]
 # One release is one run: an existing job of the same name is an error, never replaced.
-JOB_KINDS = {"PyTorchJob", "TrainJob", "Job"}
-# PyTorchJob: the operator's conditions and pod labels; TrainJob: the Trainer's and JobSet's.
-DONE = {"PyTorchJob": ("Succeeded", "Failed"), "TrainJob": ("Complete", "Failed")}
-RANK_ZERO = {"PyTorchJob": ("training.kubeflow.org/job-name={name},training.kubeflow.org/replica-type=master", "pytorch"),
-             "TrainJob": ("jobset.sigs.k8s.io/jobset-name={name},batch.kubernetes.io/job-completion-index=0", "node")}
+NEVER_REPLACED = {*TRAINING_JOBS, "Job"}
 
 
 def _path(obj: dict, namespace: str) -> str:
@@ -105,7 +103,7 @@ class Cluster:
                     raise SubmitError(f"reading {obj['kind']} {ns}/{name}: {e.status} {e.reason}: {_message(e)}") from e
                 exists[obj["kind"], name] = False
         taken = sorted(((kind == "Job", f"{kind} {namespace}/{name}") for (kind, name), found in exists.items()
-                        if found and kind in JOB_KINDS))
+                        if found and kind in NEVER_REPLACED))
         if taken:
             also = f" (and {', '.join(t for _, t in taken[1:])})" if len(taken) > 1 else ""
             raise SubmitError(f"{taken[0][1]} already exists{also}: one release is one run; nothing was changed. Pick another "
@@ -175,7 +173,7 @@ class Cluster:
                 cause = e.__cause__
                 if getattr(cause, "status", None) != 409:
                     raise SubmitError(f"creating {name}: {str(e).splitlines()[0]}") from e
-        if obj["kind"] in JOB_KINDS:
+        if obj["kind"] in NEVER_REPLACED:
             raise SubmitError(f"{name} already exists: one release is one run; pick another --release "
                               "(or fullnameOverride) or delete it first")
         if obj["kind"] == "PersistentVolumeClaim":
@@ -195,9 +193,8 @@ class Cluster:
         self._training_client.create_job(job=model, namespace=namespace)
 
     def job(self, kind: str, name: str, namespace: str) -> dict:
-        plural = PLURALS[kind]
-        group_version = "kubeflow.org/v1" if kind == "PyTorchJob" else "trainer.kubeflow.org/v1alpha1"
-        return self._call("GET", f"/apis/{group_version}/namespaces/{namespace}/{plural}/{name}")
+        job_kind = TRAINING_JOBS[kind]
+        return self._call("GET", f"/apis/{job_kind.api_version}/namespaces/{namespace}/{job_kind.plural}/{name}")
 
     def follow(self, kind: str, name: str, namespace: str, poll_seconds: float = 5.0,
                timeout_seconds: float = 7 * 24 * 3600, out=None) -> bool:
@@ -205,32 +202,33 @@ class Cluster:
         from kubernetes import client
 
         core = client.CoreV1Api(self.api)
-        success, failure = DONE[kind]
-        selector, container = RANK_ZERO[kind]
-        deadline = time.monotonic() + timeout_seconds
+        job_kind = TRAINING_JOBS[kind]
         streamed = set()
-        while time.monotonic() < deadline:
-            conditions = {c["type"]: c.get("status") for c in
-                          ((self.job(kind, name, namespace).get("status") or {}).get("conditions") or [])}
-            if conditions.get(success) == "True":
-                return True
-            if conditions.get(failure) == "True":
-                return False
-            for pod in core.list_namespaced_pod(namespace, label_selector=selector.format(name=name)).items:
+
+        def stream_rank_zero(job: dict) -> bool:
+            """Streams one rank-0 pod not streamed yet to its end; False when there is none to stream."""
+            for pod in core.list_namespaced_pod(namespace, label_selector=job_kind.rank_zero.format(name=name)).items:
                 # By uid: a PyTorchJob pod that ExitCode recreated keeps its name (JOB-master-0).
                 incarnation = pod.metadata.uid or pod.metadata.name
                 if incarnation in streamed or (pod.status and pod.status.phase in (None, "Pending")):
                     continue
                 streamed.add(incarnation)
-                stream = core.read_namespaced_pod_log(pod.metadata.name, namespace, container=container,
+                stream = core.read_namespaced_pod_log(pod.metadata.name, namespace, container=job_kind.container,
                                                       follow=True, _preload_content=False)
                 for line in stream.stream():
                     for text in line.decode(errors="replace").splitlines():
                         print(f"[Pod {pod.metadata.name}]: {text}", file=out or sys.stdout, flush=True)
-                break
-            else:
-                time.sleep(poll_seconds)
-        raise SubmitError(f"{kind} {namespace}/{name} did not finish in {timeout_seconds:.0f} s")
+                return True
+            return False
+
+        try:
+            wait_for_job(lambda: self.job(kind, name, namespace), job_kind, name, namespace, timeout=timeout_seconds,
+                         poll=poll_seconds, callback=stream_rank_zero)
+        except JobFailed:
+            return False
+        except JobTimeout:
+            raise SubmitError(f"{kind} {namespace}/{name} did not finish in {timeout_seconds:.0f} s") from None
+        return True
 
 
 def _message(e) -> str:

@@ -142,7 +142,7 @@ def test_a_question_file_with_another_sha256_is_fetched_again_then_refused(tmp_p
 def test_the_hub_commit_is_resolved_once_recorded_and_kept(tmp_path, monkeypatch):
     import huggingface_hub
 
-    from r1v_job.checkpoints import SOURCE_RECORD, source_revision
+    from r1v_common.checkpoints import SOURCE_RECORD, source_revision
 
     heads = {None: "c1" * 20}
     downloads = []
@@ -179,9 +179,11 @@ def test_as_pid_1_sigterm_stops_a_download_at_once(tmp_path):
     args = ["--model-id", "m", "--model-dir", tmp_path / "m", "--dataset-id", "d", "--dataset-dir", tmp_path / "d",
             "--superclevr-questions-url", "file:///q", "--superclevr-images-url", "file:///i",
             "--superclevr-dir", tmp_path / "s", "--marker", tmp_path / "marker"]
+    # The stand-in Hub client first, then this checkout (data_prep.py imports r1v_common).
     proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable,
                              str(CHART / "files" / "data_prep.py"), *map(str, args)],
-                            env={**os.environ, "PYTHONPATH": str(tmp_path / "stub")},
+                            env={**os.environ,
+                                 "PYTHONPATH": os.pathsep.join([str(tmp_path / "stub"), str(CHART.parents[1])])},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while not (tmp_path / "downloading").exists():

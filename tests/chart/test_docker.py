@@ -128,7 +128,7 @@ def test_dockerignore_keeps_what_the_dockerfiles_copy_and_drops_the_rest():
         for line in re.findall(r"^COPY (?!--from)(.+)$", path.read_text(), re.M):
             sources.update(line.split()[:-1])
     assert sources >= {"pyproject.toml", "docker/trainer.lock", "docker/trainer-gpu.lock", "docker/evaluator.lock",
-                       "r1v_job", "eval_job", "r1v_submit", "charts", "recipes"}
+                       "r1v_common", "r1v_job", "eval_job", "r1v_submit", "charts", "recipes"}
     for src in sources:
         assert not _ignored(f"{src}/x.py" if "." not in src else src, patterns), src
     for junk in (".venv/bin/python", ".git/HEAD", "runs/x/checkpoint-1/model.safetensors", "r1v_job/__pycache__/a.pyc"):

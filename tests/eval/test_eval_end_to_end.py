@@ -11,7 +11,7 @@ import torch
 
 from eval_job import cli
 from eval_job.generate import Generator
-from r1v_job.prompts import EVAL_PROMPTS
+from r1v_common.prompts import EVAL_PROMPTS
 
 REPO = Path(__file__).resolve().parents[2]
 ROW_KEYS = {"image", "question", "ground_truth", "model_output", "extracted_answer", "correct"}

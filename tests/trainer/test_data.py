@@ -8,7 +8,7 @@ import datasets
 import pytest
 
 from r1v_job.data import DataError, load_train_dataset
-from r1v_job.prompts import TRAIN_PROMPT
+from r1v_common.prompts import TRAIN_PROMPT
 
 
 def _rows(jsonl):

@@ -275,7 +275,7 @@ def test_trainer_feeds_pil_backend_pixels(seed_run):
 
 
 def test_an_unknown_image_backend_names_the_choices(tiny_model_dir):
-    from r1v_job.processing import load_processor
+    from r1v_common.processing import load_processor
 
     with pytest.raises(ValueError, match="image_backend 'cv2': choose one of pil, torchvision"):
         load_processor(tiny_model_dir, image_backend="cv2")

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from r1v_job.prompts import conversation
+from r1v_common.prompts import conversation
 from r1v_job.synthetic import CLEVR_STYLE, SUPERCLEVR_STYLE, draw_scene
 from r1v_job.synthetic import main as synthetic_main
 from r1v_job.tiny import QWEN_SPECIAL_TOKENS, save_tiny_model

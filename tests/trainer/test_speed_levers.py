@@ -250,7 +250,7 @@ def test_pixels_are_assembled_on_the_device_from_each_distinct_image_once(tiny_m
     from PIL import Image
 
     from r1v_job.image_work import process_each_image_once
-    from r1v_job.processing import load_processor
+    from r1v_common.processing import load_processor
 
     processor = load_processor(str(tiny_model_dir))
     rows = [json.loads(line) for line in clevr_train.read_text().splitlines()[:2]]

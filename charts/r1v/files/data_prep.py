@@ -9,7 +9,7 @@ Runs in the evaluator image (it has huggingface_hub) as the chart's data-prep Jo
 Every step is idempotent: a Job retry (or a later release on the same volume) skips what is there.
 Model and data set are fetched at one Hub commit each: --model-revision/--dataset-revision resolved
 to its commit, else the commit an earlier run recorded in the folder, else the Hub's current one; the
-commit is recorded in the folder (r1v_job.checkpoints.SOURCE_RECORD), where the trainer reads it.
+commit is recorded in the folder (r1v_common.checkpoints.SOURCE_RECORD), where the trainer reads it.
 Part of the r1v chart; shipped to the pod through a ConfigMap.
 """
 
@@ -29,7 +29,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from r1v_job.checkpoints import SOURCE_RECORD
+from r1v_common.checkpoints import SOURCE_RECORD
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
