@@ -64,7 +64,8 @@ def read_recipe(overrides: dict):
 
 def grpo_plan(cfg: DemoConfig) -> dict:
     """The numbers the controls and the report take from the GRPO recipe."""
-    from r1v_job.config import last_step, step_batch
+    from r1v_job.config import step_batch
+    from r1v_job.restarts import last_step
 
     script, training, _ = read_recipe(cfg.grpo)
     per_step, _ = step_batch(training, world_size=1)

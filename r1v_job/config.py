@@ -124,11 +124,6 @@ class R1VScriptArguments(ScriptArguments):
     )
 
 
-def last_step(max_steps: int, stop_at_step: int | None) -> int:
-    """The step a run ends at: `stop_at_step` when it comes before the schedule's horizon `max_steps`."""
-    return max_steps if stop_at_step is None else min(stop_at_step, max_steps)
-
-
 def schedule_horizon(num_prompts: int, args, world_size: int) -> int:
     """The optimizer steps the LR schedule decays over: `max_steps` when set (> 0), else what
     transformers derives from `num_train_epochs` and the length of TRL's train dataloader.

@@ -16,8 +16,8 @@ import importlib.util
 import logging
 import os
 import sys
-import traceback
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -28,16 +28,17 @@ from transformers import PrinterCallback
 from trl import GRPOConfig, ModelConfig, TrlParser
 
 from . import checkpoints as ckpt
-from .config import R1VScriptArguments, last_step
-from .data import DataError, load_train_dataset
-from .lease import LEASE_FILE, Lease, LeaseLost
+from . import restarts
+from .config import R1VScriptArguments
+from .data import load_train_dataset
+from .lease import Lease
 from .metrics import finish_training_metrics, training_callbacks
 from .preflight import UsageError, check_chart_keys, check_recipe_types, run_checks
 from r1v_common.processing import load_processor
 from .rewards import get_reward_funcs
-from .preemption import (PREEMPTED, DiskFull, Preempted, PreemptionCallback, StopRequest, is_disk_full,
-                         mark_permanent, mark_preempted, remove_partial)
-from .trainer import NothingToTrain, R1VGRPOTrainer, RemoveMarkerCallback, StopAtStepCallback
+from .preemption import Preempted, StopRequest
+from .restarts import StopAtStepCallback, is_main_process
+from .trainer import R1VGRPOTrainer
 
 logger = logging.getLogger("r1v_job")
 
@@ -130,72 +131,9 @@ def build_trainer(script_args: R1VScriptArguments, training_args: GRPOConfig, mo
     return trainer
 
 
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _finished(output_dir: Path, marker_name: str, at_least: int) -> dict | None:
-    """The completion marker when it matches the final model's files and is at step `at_least` or later.
-
-    Every rank checks the digests: a rank that judged by sizes alone could find the run finished while
-    rank 0 trains again, and rank 0 would then wait on it at its first collective until ddp_timeout.
-    """
-    marker = ckpt.read_marker(output_dir, marker_name)
-    if marker is None:
-        return None
-    problem = ckpt.marker_problem(output_dir, marker, digests=True)
-    if problem:
-        logger.warning("%s does not match the final model (%s): finishing the run again",
-                       output_dir / marker_name, problem)
-        return None
-    return marker if marker["global_step"] >= at_least else None
-
-
 def _source(script_args: R1VScriptArguments, model_args: ModelConfig) -> dict[str, str]:
     """The model and data revisions this run trains on (the marker's `source`, r1v_train_source_info)."""
     return ckpt.source_revisions(model_args.model_name_or_path, script_args.dataset_name, model_args.model_revision)
-
-
-def _finish_without_training(output_dir: Path, marker_name: str, checkpoint: Path | None, step: int,
-                             marker: dict | None = None, source: dict[str, str] | None = None) -> None:
-    """The run is at its last step already: say so, or complete a final save that was cut short."""
-    if checkpoint is not None and not _is_main_process():
-        return  # rank 0 alone says so or finishes it: no need to hash the final model on every rank
-    if marker is None:
-        marker = _finished(output_dir, marker_name, step)
-    if marker is not None:
-        logger.info("%s: the run already finished at step %d (%s matches the final model); nothing to train or "
-                    "write. Raise stop_at_step to train on, or use a new output_dir.", output_dir,
-                    marker["global_step"], marker_name)
-        return
-    if checkpoint is None:
-        raise UsageError(f"{output_dir}: at the last step {step} but no checkpoint holds it; use a new output_dir")
-    if _is_main_process():
-        ckpt.remove_completion_marker(output_dir, marker_name)
-        logger.info("%s: %s is at the run's last step %d; making it the final model (no training)",
-                    output_dir, checkpoint.name, step)
-        with _disk_full_is_one_line(output_dir, f"the final model from {checkpoint.name}", weights=True):
-            ckpt.finish_from_checkpoint(checkpoint, output_dir)
-        with _disk_full_is_one_line(output_dir, f"the completion marker {marker_name}"):
-            marker_path = ckpt.write_completion_marker(output_dir, marker_name, step, source)
-        logger.info("final model in %s; completion marker %s", output_dir, marker_path)
-
-
-@contextmanager
-def _disk_full_is_one_line(output_dir: Path, what: str, weights: bool = False):
-    """A full disk while writing the final model or the marker is DiskFull (one line, exit 1), with
-    the half-written files removed: the temporary copies, and with `weights` the final weights (a
-    partial set); the restart finishes the run from the last checkpoint once space is freed."""
-    try:
-        yield
-    except Exception as exc:
-        if not is_disk_full(exc, output_dir):
-            raise
-        partial = [p for p in output_dir.glob(".*.tmp") if not p.name.startswith(f".{LEASE_FILE}")]
-        for path in partial + (ckpt.final_weights(output_dir) if weights else []):
-            remove_partial(path)
-        raise DiskFull(output_dir, f"{what} ({type(exc).__name__}); removed what was half-written; the restart "
-                       "finishes the run from the last checkpoint once space is freed") from exc
 
 
 def run(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: ModelConfig,
@@ -203,27 +141,37 @@ def run(script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: 
     """Train, save the final model, write the completion marker. Returns the trainer, or None when
     there was nothing to train (the run had reached its last step).
 
-    Restarts (docs/operations.md): resume from the newest complete checkpoint; never train past the
-    last step (stop_at_step, else the schedule's max_steps); no marker in output_dir while training.
-    SIGTERM: the step in flight ends, a checkpoint of it is saved, and Preempted is raised
-    (r1v_job.preemption); before training starts it is raised at once.
+    Where a run starts and stops, what it leaves and its exit code: r1v_job.restarts. SIGTERM: the
+    step in flight ends, a checkpoint of it is saved, and Preempted is raised (r1v_job.preemption);
+    before training starts it is raised at once.
     """
+    source = partial(_source, script_args, model_args)  # the marker's source, read only where one is written
     with StopRequest.from_env().installed() as stop:
-        return _run(stop, script_args, training_args, model_args, callbacks)
-
-
-def _run(stop: StopRequest, script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: ModelConfig,
-         callbacks: list | None) -> R1VGRPOTrainer | None:
-    run_checks(script_args, training_args, model_args)
-    with output_dir_lease(script_args, training_args) as lease:
-        return _train(stop, script_args, training_args, model_args, callbacks, lease)
+        run_checks(script_args, training_args, model_args)
+        with output_dir_lease(script_args, training_args) as lease:
+            resume = restarts.resume_point(script_args, training_args)
+            if restarts.finished_before_training(script_args, training_args, resume, source):
+                return None
+            trainer = build_trainer(script_args, training_args, model_args, callbacks)
+            preemption = restarts.train(trainer, script_args, resume, stop, lease, source)
+            if preemption is None:
+                return None
+            restarts.raise_if_stopped(preemption, training_args, lease)
+            restarts.save_final_model(trainer, script_args.completion_marker, source)
+            stop.deferred = False  # finished: a SIGTERM from here on ends the metrics grace period, nothing else
+            if not stop.requested:
+                try:
+                    finish_training_metrics(trainer)  # rank 0: the final values stay scrapeable a while
+                except Preempted:
+                    logger.info("SIGTERM after the run finished: not serving the final metrics any longer")
+            return trainer
 
 
 @contextmanager
 def output_dir_lease(script_args: R1VScriptArguments, training_args: GRPOConfig):
     """Rank 0 holds the output_dir's lease (r1v_job.lease) from before anything is written or loaded
     until the run ends; the other ranks write what rank 0 coordinates."""
-    if not _is_main_process() or not script_args.output_dir_lease_stale_minutes:
+    if not is_main_process() or not script_args.output_dir_lease_stale_minutes:
         yield None
         return
     lease = Lease(training_args.output_dir, script_args.output_dir_lease_stale_minutes)
@@ -234,82 +182,6 @@ def output_dir_lease(script_args: R1VScriptArguments, training_args: GRPOConfig)
         yield lease
     finally:
         lease.release()
-
-
-def _train(stop: StopRequest, script_args: R1VScriptArguments, training_args: GRPOConfig, model_args: ModelConfig,
-           callbacks: list | None, lease: Lease | None) -> R1VGRPOTrainer | None:
-    out = Path(training_args.output_dir)
-    marker_name = script_args.completion_marker
-    resume = training_args.resume_from_checkpoint
-    training_state = not training_args.save_only_model
-    if resume is not None:
-        if problem := ckpt.checkpoint_problem(Path(resume), training_state):
-            raise UsageError(f"resume_from_checkpoint {resume}: {problem}")
-        resume = Path(resume)
-    elif script_args.auto_resume:
-        resume = ckpt.latest_complete_checkpoint(out, training_state)
-    done = ckpt.checkpoint_step(resume) if resume is not None else 0
-    # The last step, or a bound on it, before any data is read: max_steps -1 (epochs) needs the data
-    # set's size, and then the trainer's own check (NothingToTrain) decides.
-    bound = (last_step(training_args.max_steps, script_args.stop_at_step) if training_args.max_steps > 0
-             else script_args.stop_at_step)
-    if bound is not None and done >= bound:
-        _finish_without_training(out, marker_name, resume, done, source=_source(script_args, model_args))
-        return None
-    if bound is not None and resume is None and (marker := _finished(out, marker_name, bound)) is not None:
-        _finish_without_training(out, marker_name, None, bound, marker)  # finished, with no checkpoints kept
-        return None
-    if resume is not None:
-        logger.info("resuming from %s (step %d)", resume, done)
-
-    trainer = build_trainer(script_args, training_args, model_args, callbacks)
-    trainer.add_callback(RemoveMarkerCallback(marker_name))
-    preemption = PreemptionCallback(stop, lease)  # also stops every rank together on a lost lease
-    trainer.add_callback(preemption)  # last: it may override the save the callbacks before it asked for
-    try:
-        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
-    except NothingToTrain as reached:
-        _finish_without_training(out, marker_name, resume, reached.global_step,
-                                 source=_source(script_args, model_args))
-        return None
-    # Once more after the last step end (its save included), on every rank: the lease may be lost since.
-    if preemption.lease_lost or preemption.agree(training_args)[2]:
-        if lease is not None:
-            lease.check()
-        raise LeaseLost(f"output_dir {out}: the lease was taken over by another writer (rank 0 names it); "
-                        "stopping so the two runs do not overwrite each other")
-    if preemption.stopped_at is not None:
-        step = preemption.stopped_at
-        mark_preempted()  # every rank agreed to stop here on a SIGTERM: a preemption, not a crash
-        if preemption.saved:
-            raise Preempted(f"stopped on SIGTERM after step {step}; {out / f'checkpoint-{step}'} is saved and "
-                            "fsynced; the restart resumes from it")
-        newest = ckpt.latest_complete_checkpoint(out, training_state)
-        raise Preempted(f"stopped on SIGTERM after step {step} without a checkpoint (no time left to save one); "
-                        f"the restart resumes from {newest or 'step 0'}")
-    try:
-        trainer.save_model(training_args.output_dir)  # on every rank: ZeRO-3 gathers the shards collectively
-    except Exception as exc:
-        if not is_disk_full(exc, out):
-            raise
-        if trainer.accelerator.is_local_main_process:
-            for partial in ckpt.final_weights(out):
-                remove_partial(partial)
-        raise DiskFull(out, f"the final model ({type(exc).__name__}); removed its partial weights; the restart "
-                       "finishes the run from the last checkpoint once space is freed") from exc
-    if trainer.accelerator.is_main_process:
-        with _disk_full_is_one_line(out, f"the completion marker {marker_name}"):
-            marker = ckpt.write_completion_marker(out, marker_name, trainer.state.global_step,
-                                                  _source(script_args, model_args))
-        logger.info("final model in %s; completion marker %s", out, marker)
-    trainer.accelerator.wait_for_everyone()
-    stop.deferred = False  # finished: a SIGTERM from here on ends the metrics grace period, nothing else
-    if not stop.requested:
-        try:
-            finish_training_metrics(trainer)  # rank 0: the final values stay scrapeable for metrics_grace_seconds
-        except Preempted:
-            logger.info("SIGTERM after the run finished: not serving the final metrics any longer")
-    return trainer
 
 
 class _Parser(TrlParser):
@@ -368,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         script_args, training_args, model_args = parse_args(argv)
         # Only rank 0 speaks, unless told otherwise: 8 ranks x 8 GPUs of identical lines help nobody.
-        if not _is_main_process():
+        if not is_main_process():
             logging.getLogger().setLevel(logging.WARNING)
         transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
         if script_args.preflight_only:
@@ -379,19 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("preflight passed: the recipe, rewards, model path, data set and metrics port are usable")
             return 0
         run(script_args, training_args, model_args)
-    except Preempted as stopped:
-        if _is_main_process():  # every rank stopped at the same step: one line says so
-            print(f"r1v_job: preempted: {stopped}; exit {PREEMPTED}", file=sys.stderr)
-        return PREEMPTED
-    except DiskFull as full:
-        print(f"r1v_job: error: {full}", file=sys.stderr)
-        return 1
-    except (UsageError, DataError) as exc:
-        if debug:
-            traceback.print_exc()
-        print(f"r1v_job: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        mark_permanent()  # under torchrun this 2 becomes torchrun's 1: the launcher reads the file instead
-        return 2
+    except restarts.OUTCOMES as outcome:
+        return restarts.exit_code(outcome, debug)
     return 0
 
 

@@ -21,7 +21,8 @@ import torch
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from transformers import TrainerCallback
 
-from .config import last_step, step_batch
+from .config import step_batch
+from .restarts import last_step
 
 logger = logging.getLogger("r1v_job")
 

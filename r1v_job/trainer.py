@@ -12,16 +12,16 @@ import safetensors.torch
 import torch
 import trl.trainer.grpo_trainer as trl_grpo
 from PIL import Image
-from transformers import TrainerCallback
 from trl import GRPOTrainer
 
-from .checkpoints import checkpoint_problem, fsync_tree, remove_completion_marker, rotate_checkpoints
-from .config import last_step
+from r1v_common.processing import decoded_image_problem
+
+from .checkpoints import checkpoint_problem, fsync_tree, rotate_checkpoints
 from .image_work import (UnprocessableImages, UnusableImage, _ImageCache, decode_images_once, images_decoded_on_use,
                          process_each_image_once)
 from .preflight import UsageError
 from .preemption import DiskFull, is_disk_full, remove_partial
-from r1v_common.processing import decoded_image_problem
+from .restarts import check_not_past_last_step
 from .vision_dedup import enable_rope_index_once, enable_vision_dedup
 
 logger = logging.getLogger(__name__)
@@ -30,51 +30,6 @@ logger = logging.getLogger(__name__)
 class ResumeError(UsageError):
     """A checkpoint's weights do not fit the model: resuming would silently train something else.
     Permanent (exit 2): every restart would meet the same checkpoint."""
-
-
-class NothingToTrain(Exception):
-    """The checkpoint resumed from is already at (or past) the run's last step."""
-
-    def __init__(self, global_step: int, last: int):
-        super().__init__(f"the checkpoint is at step {global_step}, the run ends at step {last}")
-        self.global_step = global_step
-
-
-class StopAtStepCallback(TrainerCallback):
-    """Ends training after `stop_at_step` optimizer steps without shortening the LR schedule.
-
-    `max_steps` sets both when transformers stops and the horizon a linear schedule decays over, so
-    R1-V's step-100 checkpoint of an 8,750-step schedule needs a separate stop. The step is saved as
-    a checkpoint (as the last step of a normal run is), then `run` saves the final model.
-    """
-
-    def __init__(self, stop_at_step: int | None):
-        self.stop_at_step = stop_at_step
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        stop = last_step(state.max_steps, self.stop_at_step)
-        logger.info("LR schedule: %s over %d steps; training stops at step %d", args.lr_scheduler_type,
-                    state.max_steps, stop)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.stop_at_step is not None and state.global_step >= last_step(state.max_steps, self.stop_at_step):
-            control.should_training_stop = True
-            control.should_save = True
-        return control
-
-
-class RemoveMarkerCallback(TrainerCallback):
-    """Removes the completion marker when training starts (after the resume state is loaded and the
-    last-step check has passed): while a run trains, its output_dir never says it is finished."""
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and remove_completion_marker(args.output_dir, self.marker):
-            logger.info("removed %s: the run trains on, so the model there is no longer final",
-                        Path(args.output_dir) / self.marker)
-        return control
 
 
 def model_keys_from_checkpoint(model, state_dict: dict) -> dict:
@@ -188,13 +143,10 @@ class R1VGRPOTrainer(GRPOTrainer):
                                    best_model_checkpoint=self.state.best_model_checkpoint)
 
     def _init_training_state(self, max_steps, *args, **kwargs):
-        """Refuses to train past the run's last step: transformers resumed from a checkpoint at the
-        last step would run one more step before its own stop check (`step 7/6`)."""
+        """Refuses to train past the run's last step (r1v_job.restarts): transformers resumed from a
+        checkpoint at the last step would run one more step before its own stop check (`step 7/6`)."""
         result = super()._init_training_state(max_steps, *args, **kwargs)
-        stop = next((cb.stop_at_step for cb in self.callback_handler.callbacks
-                     if isinstance(cb, StopAtStepCallback)), None)
-        if self.state.global_step >= last_step(max_steps, stop):
-            raise NothingToTrain(self.state.global_step, last_step(max_steps, stop))
+        check_not_past_last_step(self.state.global_step, max_steps, self.callback_handler.callbacks)
         return result
 
 
