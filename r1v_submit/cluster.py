@@ -12,7 +12,7 @@ from r1v_common.jobs import JOB_KINDS as TRAINING_JOBS
 from r1v_common.jobs import JobFailed, JobTimeout, wait_for_job
 from r1v_submit.chart import SubmitError
 
-# Kinds the chart renders -> REST plural (namespaced, all of them). tests/chart/test_submit.py
+# Kinds the chart renders -> REST plural (namespaced, all of them). tests/submit/test_submit.py
 # renders every ci/ value set and fails on a kind missing here.
 PLURALS = {
     "ServiceAccount": "serviceaccounts", "Role": "roles", "RoleBinding": "rolebindings",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.chart.r1v_chart_helpers import ci_value_sets, render
+from tests.chart.render import ci_value_sets, render
 
 GPU = "nvidia.com/gpu"
 TRAINING_KINDS = {"PyTorchJob", "TrainJob", "TrainingRuntime", "ClusterTrainingRuntime"}
