@@ -9,7 +9,7 @@ from pathlib import Path
 
 from demo.scenes import SceneConfig
 from demo.start import StartRule
-from demo.warmup import ModelSize, SFTSettings
+from demo.sft import ModelSize, SFTSettings
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "demo_cpu.yaml"
