@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 
+from r1v_common.jobs import JOB_KINDS
 from tests.chart.render import ci_value_sets, render
 
 GPU = "nvidia.com/gpu"
 TRAINING_KINDS = {"PyTorchJob", "TrainJob", "TrainingRuntime", "ClusterTrainingRuntime"}
-JOB_KINDS = ("PyTorchJob", "TrainJob")
 
 
 def pod_specs(node, path="") -> list[tuple[str, dict]]:
