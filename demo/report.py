@@ -11,7 +11,7 @@ from pathlib import Path
 
 from demo.layout import Layout, SeedLayout
 from demo.start import RULE_FILE
-from eval_job.checkpoints import FINAL  # the evaluator's name for the final model, its results folder
+from eval_job.checkpoints import FINAL
 from r1v_job.rewards import format_reward
 from r1v_job.synthetic import read_jsonl
 

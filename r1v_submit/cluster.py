@@ -8,8 +8,7 @@ import json
 import sys
 from typing import Any
 
-from r1v_common.jobs import JOB_KINDS
-from r1v_common.jobs import JobFailed, JobTimeout, wait_for_job
+from r1v_common.jobs import JOB_KINDS, JobFailed, JobTimeout, wait_for_job
 from r1v_submit.chart import SubmitError
 
 # Kinds the chart renders -> REST plural (namespaced, all of them). tests/submit/test_submit.py
