@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
 from demo.scenes import SceneConfig
+from demo.sft import ModelSize, SFTSettings
 from demo.start import StartRule
-from demo.warmup import ModelSize, SFTSettings
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "demo_cpu.yaml"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from demo.layout import Layout, SeedLayout
 from demo.start import RULE_FILE
+from eval_job.checkpoints import FINAL
 from r1v_job.rewards import format_reward
 from r1v_job.synthetic import read_jsonl
 
@@ -18,9 +19,8 @@ log = logging.getLogger("demo.report")
 
 MODELS = {"start": "start (warmed up)", "sft_answers": "SFT on answers", "sft_cot": "CoT-SFT (teacher traces)",
           "grpo": "GRPO"}
-CONTROLS = ("sft_answers", "sft_cot")
-SPLITS = {"heldout": "held-out (SuperCLEVR-like)", "in_dist": "in-distribution (CLEVR-like)"}
-FINAL = "final"
+CONTROL_MODELS = ("sft_answers", "sft_cot")
+EVAL_SPLIT_LABELS = {"heldout": "held-out (SuperCLEVR-like)", "in_dist": "in-distribution (CLEVR-like)"}
 # Student's t, two-sided 95%, by degrees of freedom (n - 1 seeds).
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
@@ -61,7 +61,7 @@ def seed_summary(L: SeedLayout, prompts) -> dict:
     rewards per step, and where the start rule stopped the warm-up."""
     rows, curves = [], {}
     for model in MODELS:
-        for split in SPLITS:
+        for split in EVAL_SPLIT_LABELS:
             folder = L.eval(model, split)
             for entry in json.loads((folder / "scores.json").read_text()):
                 results = folder / FINAL / entry["prompt"] / "results.jsonl"
@@ -104,7 +104,7 @@ def build_summary(layout: Layout, cfg, plan: dict) -> dict:
     per_seed = [seed_summary(layout.seed(s), cfg.eval_prompts) for s in cfg.seeds]
     means = []
     for model in MODELS:
-        for split in SPLITS:
+        for split in EVAL_SPLIT_LABELS:
             for prompt in cfg.eval_prompts:
                 found = [_score(p["rows"], model, split, prompt) for p in per_seed]
                 if None in found:
@@ -148,7 +148,7 @@ def table(summary: dict) -> str:
                                                   for p in prompts)
     lines = [head, "-" * len(head)]
     for model, label in MODELS.items():
-        for split in SPLITS:
+        for split in EVAL_SPLIT_LABELS:
             cells = ""
             for p in prompts:
                 m = next((r for r in summary["means"] if (r["model"], r["split"], r["prompt"]) == (model, split, p)), None)
@@ -201,7 +201,7 @@ def plot(summary: dict, path: Path) -> Path:
     top.legend(fontsize=8)
     top.grid(alpha=0.3)
 
-    for model in ("grpo", *CONTROLS):
+    for model in ("grpo", *CONTROL_MODELS):
         curves = []
         for p in summary["per_seed"]:
             start = _score(p["rows"], "start", "heldout", "cot")

@@ -31,7 +31,7 @@ from r1v_job.synthetic import (CLEVR_QUESTION, CLEVR_STYLE, SUPERCLEVR_QUESTION,
 # which keeps every forward pass (SFT, rollouts, evaluation) cheap on 2 CPU cores. (At 56 px, 4
 # tokens, the tiny model never learned to count in our trials: each token then covers too many objects.)
 DEFAULT_SIZE = 112
-SPLITS = ("warmup", "dev", "train", "eval_id", "eval_ood")
+SCENE_SPLITS = ("warmup", "dev", "train", "eval_id", "eval_ood")
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class SceneConfig:
 
     def split_seed(self, split: str) -> int:
         # Distinct per split: r1v_job.synthetic seeds its generator with (style name, seed).
-        return self.seed * 10 + SPLITS.index(split)
+        return self.seed * 10 + SCENE_SPLITS.index(split)
 
 
 @dataclass(frozen=True)

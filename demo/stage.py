@@ -21,7 +21,7 @@ from demo.config import DemoConfig
 from demo.layout import SeedLayout
 from demo.scenes import write_training_scenes
 
-SPLITS = ("heldout", "in_dist")
+EVAL_SPLITS = ("heldout", "in_dist")
 
 
 def plan(layout: SeedLayout) -> dict:
@@ -34,7 +34,7 @@ def score(layout: SeedLayout, cfg: DemoConfig, name: str, pushgateway: str | Non
     from eval_job.cli import main as eval_main
 
     data = {"heldout": layout.scenes.eval_ood, "in_dist": layout.scenes.eval_id}
-    for split in SPLITS:
+    for split in EVAL_SPLITS:
         argv = ["--model", str(layout.model(name)), "--data", str(data[split]), "--out", str(layout.eval(name, split)),
                 "--prompt", ",".join(cfg.eval_prompts), "--benchmark", split,
                 "--batch-size", str(cfg.eval_batch_size), "--max-new-tokens", str(cfg.eval_max_new_tokens)]
@@ -80,13 +80,13 @@ def main(argv: list[str] | None = None) -> int:
                                  cfg.rule, model_seed=cfg.seed)
         print(json.dumps({"stopped_at": info["stopped_at"], "checks": info["checks"][-1:]}))
     elif args.stage == "controls":
-        from demo.warmup import CONTROLS, supervised_control
+        from demo.sft import CONTROL_KINDS, supervised_control
 
         p = plan(layout)
-        for kind in CONTROLS:
+        for kind in CONTROL_KINDS:
             supervised_control(layout.start, layout.scenes.train, p["n_examples"], kind, layout.control(kind),
                                control_settings(cfg, p), save_steps=p["save_steps"])
-        for name in ("start", *(f"sft_{k}" for k in CONTROLS)):
+        for name in ("start", *(f"sft_{k}" for k in CONTROL_KINDS)):
             score(layout, cfg, name, args.pushgateway, args.run)
     else:
         score(layout, cfg, args.model, args.pushgateway, args.run)

@@ -85,7 +85,7 @@ def build_start_model(warmup_jsonl: Path, dev_jsonl: Path, out: Path, init: Path
                       model_seed: int = 0) -> dict:
     """Random-init tiny Qwen2-VL (`init`) warmed up on the warm-up rows into `out` until `rule` stops
     it; writes and returns out/start_rule.json (the rule, every check, the step it stopped at)."""
-    from demo.warmup import sft, warmup_rows
+    from demo.sft import sft, warmup_rows
     from r1v_job.tiny import save_tiny_model
 
     save_tiny_model(init, seed=model_seed, **size.kwargs())

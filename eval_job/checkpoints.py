@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # The trainer's own rules for what a complete checkpoint is (stdlib only: no trl in this image).
-from r1v_common.checkpoints import COMPLETION_MARKER as MARKER
+from r1v_common.checkpoints import COMPLETION_MARKER
 from r1v_common.checkpoints import checkpoint_problem, checkpoints_by_step, final_weights, marker_problem, read_marker
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def find_checkpoints(directory: str | Path) -> list[Target]:
 def final_step(model_dir: Path, checkpoints: list[Target]) -> int:
     """The final model's step: the completion marker's, else the trainer state's, else the last
     checkpoint's, else 0 (a base model that was never trained)."""
-    for name in (MARKER, "trainer_state.json"):
+    for name in (COMPLETION_MARKER, "trainer_state.json"):
         step = _global_step(model_dir / name)
         if step is not None:
             return step
@@ -84,7 +84,7 @@ def same_weights(final: Target, checkpoints: list[Target]) -> Target | None:
     scoring it twice costs a whole evaluation. Only checkpoints of the final step are candidates,
     and the final model's sizes and sha256 come from its completion marker (no marker: no reuse),
     so a rerun hashes at most those checkpoints' weights once."""
-    record = read_marker(final.path, MARKER)
+    record = read_marker(final.path, COMPLETION_MARKER)
     if record is None or record.get("global_step") != final.step:
         return None
     for candidate in reversed(checkpoints):

@@ -17,7 +17,7 @@ import logging
 import time
 from pathlib import Path
 
-from eval_job.checkpoints import MARKER
+from eval_job.checkpoints import COMPLETION_MARKER
 from r1v_common import jobs
 from r1v_common.checkpoints import marker_problem, read_marker
 
@@ -49,12 +49,13 @@ def parse_wait_for(spec: str) -> tuple[str, str | None]:
 def wait_for_marker(directory: str | Path, timeout: float, poll: float) -> dict:
     """The contents of DIRECTORY/training_complete.json once it exists, parses and matches the
     final model's files."""
-    path = Path(directory) / MARKER
+    path = Path(directory) / COMPLETION_MARKER
     deadline = time.monotonic() + timeout
     log.info("waiting up to %.0f s for %s", timeout, path)
     refused = None
     while True:
-        record = read_marker(directory, MARKER)  # None until a whole JSON object is there (the trainer may be mid-write)
+        # None until a whole JSON object is there (the trainer may be mid-write)
+        record = read_marker(directory, COMPLETION_MARKER)
         if record is not None:
             problem = marker_problem(directory, record)
             if problem is None:

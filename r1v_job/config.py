@@ -72,7 +72,8 @@ class R1VScriptArguments(ScriptArguments):
     )
     completion_marker: str = field(
         default=COMPLETION_MARKER,
-        metadata={"help": "File written in output_dir once the final model is saved; the evaluator waits on it."},
+        metadata={"help": "File written in output_dir once the final model is saved. The evaluator waits on "
+                          f"{COMPLETION_MARKER}, whatever this is set to."},
     )
     offline_bootstrap: bool = field(
         default=False,

@@ -8,16 +8,15 @@ import json
 import sys
 from typing import Any
 
-from r1v_common.jobs import JOB_KINDS as TRAINING_JOBS
-from r1v_common.jobs import JobFailed, JobTimeout, wait_for_job
+from r1v_common.jobs import JOB_KINDS, JobFailed, JobTimeout, wait_for_job
 from r1v_submit.chart import SubmitError
 
-# Kinds the chart renders -> REST plural (namespaced, all of them). tests/chart/test_submit.py
+# Kinds the chart renders -> REST plural (namespaced, all of them). tests/submit/test_submit.py
 # renders every ci/ value set and fails on a kind missing here.
 PLURALS = {
     "ServiceAccount": "serviceaccounts", "Role": "roles", "RoleBinding": "rolebindings",
     "ConfigMap": "configmaps", "PersistentVolumeClaim": "persistentvolumeclaims", "Service": "services",
-    "Job": "jobs", "TrainingRuntime": "trainingruntimes", **{k.kind: k.plural for k in TRAINING_JOBS.values()},
+    "Job": "jobs", "TrainingRuntime": "trainingruntimes", **{k.kind: k.plural for k in JOB_KINDS.values()},
     "ServiceMonitor": "servicemonitors", "PodMonitor": "podmonitors", "PrometheusRule": "prometheusrules",
     "NetworkPolicy": "networkpolicies", "CronJob": "cronjobs",
 }
@@ -28,7 +27,7 @@ ORDER = ["NetworkPolicy", "ServiceAccount", "ConfigMap", "PersistentVolumeClaim"
          "Job", "CronJob", "TrainingRuntime", "PyTorchJob", "TrainJob", "ServiceMonitor", "PodMonitor",
          "PrometheusRule"]
 # One release is one run: an existing job of the same name is an error, never replaced.
-NEVER_REPLACED = {*TRAINING_JOBS, "Job"}
+NEVER_REPLACED = {*JOB_KINDS, "Job"}
 
 
 def _path(obj: dict, namespace: str) -> str:
@@ -193,7 +192,7 @@ class Cluster:
         self._training_client.create_job(job=model, namespace=namespace)
 
     def job(self, kind: str, name: str, namespace: str) -> dict:
-        job_kind = TRAINING_JOBS[kind]
+        job_kind = JOB_KINDS[kind]
         return self._call("GET", f"/apis/{job_kind.api_version}/namespaces/{namespace}/{job_kind.plural}/{name}")
 
     def follow(self, kind: str, name: str, namespace: str, poll_seconds: float = 5.0,
@@ -202,7 +201,7 @@ class Cluster:
         from kubernetes import client
 
         core = client.CoreV1Api(self.api)
-        job_kind = TRAINING_JOBS[kind]
+        job_kind = JOB_KINDS[kind]
         streamed = set()
 
         def stream_rank_zero(job: dict) -> bool:

@@ -28,7 +28,7 @@ def clevr_train(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pushgateway(tmp_path_factory):
-    from tests.eval.r1v_eval_helpers import Pushgateway
+    from tests.eval.pushgateway import Pushgateway
     from tests.helpers import free_port
 
     gateway = Pushgateway(free_port(), tmp_path_factory.mktemp("pushgateway") / "log").start()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chart.r1v_chart_helpers import CHART
+from tests.chart.render import CHART
 
 _spec = importlib.util.spec_from_file_location("data_prep", CHART / "files" / "data_prep.py")
 data_prep = importlib.util.module_from_spec(_spec)
@@ -83,7 +83,7 @@ def test_marker_is_json_written_atomically(tmp_path):
 
 
 def test_cli_takes_exactly_the_arguments_the_chart_passes(monkeypatch):
-    from tests.chart.r1v_chart_helpers import only, render
+    from tests.chart.render import only, render
     args = only(render({"dataPrep": {"enabled": True}}), "Job", "-data-prep")["spec"]["template"]["spec"]["containers"][0]["args"]
     calls = []
     monkeypatch.setattr(data_prep, "snapshot", lambda repo, dest, kind, rev: calls.append((repo, str(dest), kind, rev)))

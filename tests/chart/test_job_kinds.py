@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from r1v_common.jobs import JOB_KINDS
-from tests.chart.r1v_chart_helpers import only, render
+from tests.chart.render import only, render
 
 
 def _container_names(obj) -> set[str]:

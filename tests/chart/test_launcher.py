@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.chart.r1v_chart_helpers import only, render
+from tests.chart.render import only, render
 
 ARGS = ["-m", "r1v_job", "--config", "/etc/r1v/recipe.yaml"]
 

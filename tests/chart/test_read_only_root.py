@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from r1v_job.synthetic import write_superclevr_eval
-from tests.chart.r1v_chart_helpers import only, render
+from tests.chart.render import only, render
 
 REPO = Path(__file__).resolve().parents[2]
 # The chart's variables for where programs write (besides their arguments).

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.chart.r1v_chart_helpers import CHART
+from tests.chart.render import CHART
 from tools import chart_schema
 
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from demo.warmup import control_rows, teacher_trace
+from demo.sft import control_rows, teacher_trace
 from r1v_common.prompts import TRAIN_PROMPT
 from r1v_job.rewards import accuracy_reward, format_reward
 from r1v_job.synthetic import CLEVR_STYLE, read_jsonl, write_clevr_train

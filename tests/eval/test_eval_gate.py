@@ -17,7 +17,7 @@ import pytest
 from kubernetes import client, config
 
 from eval_job import cli, gate
-from tests.chart.r1v_chart_helpers import only, render
+from tests.chart.render import only, render
 from tests.eval.test_eval_wait import condition, pytorchjob, until
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from eval_job import cli, metrics
-from tests.eval.r1v_eval_helpers import Pushgateway
+from tests.eval.pushgateway import Pushgateway
 from tests.helpers import free_port
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"

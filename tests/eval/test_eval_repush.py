@@ -16,7 +16,7 @@ import yaml
 
 from eval_job import cli, generate, metrics
 from r1v_job.checkpoints import COMPLETION_MARKER, write_completion_marker
-from tests.eval.r1v_eval_helpers import PUSHGATEWAY_BIN, Pushgateway
+from tests.eval.pushgateway import PUSHGATEWAY_BIN, Pushgateway
 from tests.helpers import free_port, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,7 +101,7 @@ def test_a_killed_gateway_gets_every_series_back_from_disk_byte_for_byte(scored,
         raise AssertionError("--repush scored a model")
     monkeypatch.setattr(generate, "load_generator", no_model)
     # The chart's scheduled re-push, its arguments with this test's folder and gateway.
-    from tests.chart.r1v_chart_helpers import only, render
+    from tests.chart.render import only, render
 
     cron = only(render({"runName": "exp", "evaluator": {"repush": {"schedule": "*/15 * * * *"}}},
                        namespace="team-a"), "CronJob")

@@ -10,7 +10,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
-from tests.chart.r1v_chart_helpers import CHART, crd_problems, kubernetes_validate_problems, only, render
+from tests.chart.render import CHART, crd_problems, kubernetes_validate_problems, only, render
 
 MANIFESTS = [K8S / "namespace.yaml", K8S / "storage" / "nfs-storageclass.yaml", K8S / "storage" / "pvc.yaml"]
 

@@ -353,7 +353,7 @@ repository's recipes/r1v_qwen2vl_2b_clevr.yaml) as it is written, comments and n
 included, with each line of a key set below commented out; then recipe.inline's keys and the
 chart-owned keys. With recipe.replace, recipe.inline alone and the chart-owned keys. A
 recipe.inline or trainer.extraArgs entry for a chart-owned key with another value fails the
-render, naming both. (The seed is flat, one key a line: tests/chart/test_chart_recipe.py.)
+render, naming both. (The seed is flat, one key a line: tests/chart/test_recipe.py.)
 */}}
 {{- define "r1v.recipe" -}}
 {{- $owned := include "r1v.recipeOwned" . | fromJson }}

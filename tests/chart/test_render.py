@@ -7,7 +7,7 @@ import copy
 import helm_python as helm
 import pytest
 
-from tests.chart.r1v_chart_helpers import (CHART, admission_problems, builtin_problems, ci_value_sets, crd_problems,
+from tests.chart.render import (CHART, admission_problems, builtin_problems, ci_value_sets, crd_problems,
                                            custom_problems, kinds, kubernetes_validate_problems, only, render)
 
 VALUE_SETS = {"defaults": {}, **ci_value_sets()}

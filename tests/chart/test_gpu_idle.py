@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.chart.r1v_chart_helpers import ci_value_sets, render
+from r1v_common.jobs import JOB_KINDS
+from tests.chart.render import ci_value_sets, render
 
 GPU = "nvidia.com/gpu"
 TRAINING_KINDS = {"PyTorchJob", "TrainJob", "TrainingRuntime", "ClusterTrainingRuntime"}
-JOB_KINDS = ("PyTorchJob", "TrainJob")
 
 
 def pod_specs(node, path="") -> list[tuple[str, dict]]:

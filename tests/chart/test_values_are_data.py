@@ -8,7 +8,7 @@ import helm_python as helm
 import pytest
 import yaml
 
-from tests.chart.r1v_chart_helpers import CHART, notes, only, render, render_raw
+from tests.chart.render import CHART, notes, only, render, render_raw
 
 # Everything on that renders a string value somewhere: data prep, gang scheduling, a created
 # ServiceAccount, the dashboard, the helm test.

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from r1v_job.preflight import UsageError, check_chart_keys
-from tests.chart.r1v_chart_helpers import CHART, container, only, render, replica_pods
+from tests.chart.render import CHART, container, only, render, replica_pods
 
 SEED = yaml.safe_load((CHART / "files" / "recipe.yaml").read_text())
 # recipe key -> (the chart value that owns it, a values dict setting that value to X, the value the chart then writes)

@@ -18,9 +18,9 @@ import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 from transformers import TrainerCallback
 
-from tests.chart.r1v_chart_helpers import CHART, REPO, only, render
-from tests.chart.test_chart_dashboard import DASHBOARDS, exprs
-from tests.eval.r1v_eval_helpers import Pushgateway
+from tests.chart.render import CHART, REPO, only, render
+from tests.chart.test_dashboard import DASHBOARDS, exprs
+from tests.eval.pushgateway import Pushgateway
 from tests.helpers import free_port, wait_ready
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import helm_python as helm
 import pytest
 import yaml
 
-from tests.chart.r1v_chart_helpers import (CHART, claim_of, container, kinds, notes, only, render, replica_pods)
+from tests.chart.render import (CHART, claim_of, container, kinds, notes, only, render, replica_pods)
 
 
 def _job(values):

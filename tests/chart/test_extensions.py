@@ -8,7 +8,7 @@ from __future__ import annotations
 import helm_python as helm
 import pytest
 
-from tests.chart.r1v_chart_helpers import kinds, notes, only, render, replica_pods, validation_problems
+from tests.chart.render import kinds, notes, only, render, replica_pods, validation_problems
 
 ENV = {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
 ENV_FROM = {"secretRef": {"name": "s3-credentials"}}

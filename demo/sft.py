@@ -33,7 +33,7 @@ THINK_ANSWER = "<think>There are {n} objects.</think><answer>{n}</answer>"
 # Instruct model answers a bare question without explaining itself.
 ANSWER_ONLY = "<answer>{n}</answer>"
 
-CONTROLS = ("answers", "cot")
+CONTROL_KINDS = ("answers", "cot")
 _COUNT = re.compile(r"\d+")
 
 
@@ -105,8 +105,8 @@ def teacher_trace(objects: list[dict]) -> str:
 
 def control_rows(train_jsonl: Path, n: int, kind: str) -> list[dict]:
     """The first `n` rows of the GRPO training set under the training prompt, completed per `kind`."""
-    if kind not in CONTROLS:
-        raise ValueError(f"unknown SFT control {kind!r}: expected one of {CONTROLS}")
+    if kind not in CONTROL_KINDS:
+        raise ValueError(f"unknown SFT control {kind!r}: expected one of {CONTROL_KINDS}")
     rows = read_jsonl(train_jsonl)[:n]
     if kind == "cot":
         described = {s["image"]: s["objects"] for s in read_jsonl(train_jsonl.parent / "scenes.jsonl")}

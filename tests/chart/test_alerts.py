@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.chart.r1v_chart_helpers import NAMESPACE, REPO, crd_problems, kinds, only, render
+from tests.chart.render import NAMESPACE, REPO, crd_problems, kinds, only, render
 
 OPERATIONS = REPO / "docs" / "operations.md"
 ALERTS = ["R1VTrainingStalled", "R1VTrainingRestarts", "R1VTrainingNotStarted", "R1VTrainerTargetDown",

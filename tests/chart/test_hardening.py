@@ -8,7 +8,7 @@ import copy
 import pytest
 from helm_python import HelmError
 
-from tests.chart.r1v_chart_helpers import ci_value_sets, only, render, validation_problems
+from tests.chart.render import ci_value_sets, only, render, validation_problems
 
 KINDS = ("PyTorchJob", "TrainJob")
 DIGEST = "sha256:" + "0123456789abcdef" * 4

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from r1v_submit import __main__ as submit
-from tests.chart.r1v_chart_helpers import ALL_APIS, CHART, ci_value_sets, only, render
+from tests.chart.render import ALL_APIS, CHART, ci_value_sets, only, render
 from tests.helpers import FakeKubernetes
 
 PODS = kmock.resource("", "v1", "pods")
@@ -437,7 +437,7 @@ def test_runs_from_the_built_wheel_outside_the_checkout(tmp_path):
     import sys
     import zipfile
 
-    from tests.chart.r1v_chart_helpers import REPO
+    from tests.chart.render import REPO
 
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                             "-w", str(tmp_path / "dist"), str(REPO)], capture_output=True, text=True)

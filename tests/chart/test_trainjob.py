@@ -1,6 +1,6 @@
 """jobKind: TrainJob (Kubeflow Trainer v2.3): the same pods as the PyTorchJob, on the chart's
 TrainingRuntime or on an existing ClusterTrainingRuntime; the evaluator, RBAC, Service, monitors,
-NOTES and Kueue follow the kind. Strict CRD validation of every shape is in test_chart_render.py."""
+NOTES and Kueue follow the kind. Strict CRD validation of every shape is in test_render.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import helm_python as helm
 import pytest
 import yaml
 
-from tests.chart.r1v_chart_helpers import (claim_of, container, kinds, notes, only, render, replica_pods,
+from tests.chart.render import (claim_of, container, kinds, notes, only, render, replica_pods,
                                            validation_problems)
 from tests.outside import require
 

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from tests.chart.r1v_chart_helpers import CHART, REPO
+from tests.chart.render import CHART, REPO
 
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
 METRICS_DOC = REPO / "docs" / "metrics.md"

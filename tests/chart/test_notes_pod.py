@@ -9,7 +9,7 @@ import shlex
 
 import yaml
 
-from tests.chart.r1v_chart_helpers import REPO, notes
+from tests.chart.render import REPO, notes
 
 SECCOMP = {"RuntimeDefault", "Localhost"}
 
