@@ -119,7 +119,8 @@ def build_summary(layout: Layout, cfg, plan: dict) -> dict:
         per = [next((h for h in p["headline"] if h["prompt"] == prompt), None) for p in per_seed]
         if None in per:
             continue
-        headline.append({"prompt": prompt, **{f"grpo_minus_{m}_points": mean_ci([h[f"grpo_minus_{m}_points"] for h in per])
+        headline.append({"prompt": prompt,
+                         **{f"grpo_minus_{m}_points": mean_ci([h[f"grpo_minus_{m}_points"] for h in per])
                                               for m in MODELS if m != "grpo"}})
     in_dist = [_score(p["rows"], m, "in_dist", "cot") for p in per_seed for m in ("start", "grpo")]
     return {"seeds": list(cfg.seeds), "prompts": list(cfg.eval_prompts), "plan": plan, "per_seed": per_seed,
@@ -151,7 +152,8 @@ def table(summary: dict) -> str:
         for split in SPLITS:
             cells = ""
             for p in prompts:
-                m = next((r for r in summary["means"] if (r["model"], r["split"], r["prompt"]) == (model, split, p)), None)
+                m = next((r for r in summary["means"] if (r["model"], r["split"], r["prompt"]) == (model, split, p)),
+                         None)
                 if m is None:
                     cells += f" | {'n/a':<{width}} {'':>6}"
                     continue

@@ -98,7 +98,8 @@ def build_start_model(warmup_jsonl: Path, dev_jsonl: Path, out: Path, init: Path
             "crossed_at": check.crossed_at, "stopped_at": last}
     (out / RULE_FILE).write_text(json.dumps(info, indent=2) + "\n")
     if rule.stop and check.crossed_at is not None and last < check.crossed_at + rule.margin:
-        raise RuntimeError(f"the warm-up crossed {100 * rule.threshold:.0f}% dev accuracy at step {check.crossed_at} but "
+        raise RuntimeError(f"the warm-up crossed {100 * rule.threshold:.0f}% dev accuracy at step "
+                           f"{check.crossed_at} but "
                            f"its budget ({settings.max_steps} steps) ended before the {rule.margin}-step margin: raise "
                            "DemoConfig.warmup.max_steps")
     if rule.stop and check.crossed_at is None:

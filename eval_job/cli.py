@@ -51,9 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="eval_job", description="Score a model (and its checkpoints) on "
                                 "SuperCLEVR-format counting questions; push the scores to a Pushgateway.")
     p.add_argument("--model", help="final model folder (default: --checkpoints DIR, where the trainer saves it)")
-    p.add_argument("--data", help="questions, one {image_path, question, ground_truth} a line (required unless --repush)")
+    p.add_argument("--data",
+                   help="questions, one {image_path, question, ground_truth} a line (required unless --repush)")
     p.add_argument("--image-root", help="folder relative image paths resolve against (default: the file's folder)")
-    p.add_argument("--out", required=True, help="results folder: OUT/<checkpoint>/<prompt>/{results.jsonl,summary.json}")
+    p.add_argument("--out", required=True,
+                   help="results folder: OUT/<checkpoint>/<prompt>/{results.jsonl,summary.json}")
     p.add_argument("--prompt", action="append", metavar="cot|train|direct",
                    help="prompt(s) to score with; repeatable or comma-separated (default: cot)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -64,9 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: pil)")
     p.add_argument("--max-new-tokens", type=int, default=256,
                    help="generation budget, R1-V's 256 by default; an answer cut off by it counts as a parse failure")
-    p.add_argument("--checkpoints", help="training output folder: score each complete checkpoint-N, then the final model")
+    p.add_argument("--checkpoints",
+                   help="training output folder: score each complete checkpoint-N, then the final model")
     p.add_argument("--wait-for", metavar="pytorchjob/NAME|trainjob/NAME|marker",
-                   help="before evaluating, wait for the PyTorchJob or TrainJob to succeed, or for training_complete.json")
+                   help="before evaluating, wait for the PyTorchJob or TrainJob to succeed, "
+                        "or for training_complete.json")
     p.add_argument("--namespace", help="the run's namespace: the training job's, and the `namespace` grouping label of "
                    "the pushed scores (default: the pod's, from $POD_NAMESPACE or its service account; outside a "
                    "cluster the kubeconfig's for the job and \"default\" for the label)")

@@ -37,7 +37,8 @@ WAIT_KINDS = tuple(kind.lower() for kind in jobs.JOB_KINDS)
 
 
 def parse_wait_for(spec: str) -> tuple[str, str | None]:
-    """`pytorchjob/NAME` -> ("pytorchjob", NAME), `trainjob/NAME` -> ("trainjob", NAME); `marker` -> ("marker", None)."""
+    """`pytorchjob/NAME` -> ("pytorchjob", NAME), `trainjob/NAME` -> ("trainjob", NAME);
+    `marker` -> ("marker", None)."""
     if spec == "marker":
         return "marker", None
     kind, _, name = spec.partition("/")
@@ -54,7 +55,8 @@ def wait_for_marker(directory: str | Path, timeout: float, poll: float) -> dict:
     log.info("waiting up to %.0f s for %s", timeout, path)
     refused = None
     while True:
-        record = read_marker(directory, MARKER)  # None until a whole JSON object is there (the trainer may be mid-write)
+        # None until a whole JSON object is there (the trainer may be mid-write)
+        record = read_marker(directory, MARKER)
         if record is not None:
             problem = marker_problem(directory, record)
             if problem is None:
