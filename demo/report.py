@@ -14,7 +14,7 @@ from demo.start import RULE_FILE
 from r1v_job.rewards import format_reward
 from r1v_job.synthetic import read_jsonl
 
-log = logging.getLogger("demo.report")
+logger = logging.getLogger(__name__)
 
 MODELS = {"start": "start (warmed up)", "sft_answers": "SFT on answers", "sft_cot": "CoT-SFT (teacher traces)",
           "grpo": "GRPO"}
@@ -261,4 +261,4 @@ def push_summary(summary: dict, gateway: str, run: str) -> None:
     seconds = Gauge("r1v_demo_duration_seconds", "Wall time of the whole demo", registry=registry)
     seconds.set(summary.get("timings_seconds", {}).get("total", 0))
     push_to_gateway(gateway, job="r1v-demo", registry=registry, grouping_key={"run": run})
-    log.info("pushed r1v_demo_* to %s (run=%s)", gateway, run)
+    logger.info("pushed r1v_demo_* to %s (run=%s)", gateway, run)

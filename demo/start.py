@@ -22,7 +22,7 @@ from eval_job.data import read_questions
 from eval_job.evaluate import evaluate_prompt
 from eval_job.generate import Generator
 
-log = logging.getLogger("demo.start")
+logger = logging.getLogger(__name__)
 RULE_FILE = "start_rule.json"
 
 
@@ -69,7 +69,7 @@ class DevCheck(TrainerCallback):
         if self.crossed_at is None and step % self.rule.every == 0:
             acc = self.accuracy(model, processing_class)
             self.checks.append({"step": step, "dev_accuracy": acc})
-            log.info("warm-up step %d: dev accuracy (%s) %.1f%%", step, self.rule.prompt, 100 * acc)
+            logger.info("warm-up step %d: dev accuracy (%s) %.1f%%", step, self.rule.prompt, 100 * acc)
             if acc >= self.rule.threshold:
                 self.crossed_at = step
         elif not self.rule.stop and step % self.rule.every == 0:

@@ -39,7 +39,7 @@ from .preemption import (PREEMPTED, DiskFull, Preempted, PreemptionCallback, Sto
                          mark_permanent, mark_preempted, remove_partial)
 from .trainer import NothingToTrain, R1VGRPOTrainer, RemoveMarkerCallback, StopAtStepCallback
 
-logger = logging.getLogger("r1v_job")
+logger = logging.getLogger("r1v_job")  # the program's own lines read "r1v_job: ..."; its modules use __name__
 
 
 def choose_attn_implementation(requested: str | None) -> str:
