@@ -26,6 +26,7 @@ tools:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-pushgateway prometheus >/dev/null; }
 
 test: setup tools
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 # The trainer's smoke recipe end to end: builds the tiny model and scenes on first use.

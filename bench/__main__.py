@@ -54,10 +54,11 @@ def parse_cli(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="tiny",
                         help="'tiny', a config JSON (random weights, e.g. bench/configs/qwen2vl_2b.json) or a model "
                              "folder")
-    parser.add_argument("--recipe", default="recipes/smoke_cpu.yaml", help="trainer recipe YAML the variants start from")
+    parser.add_argument("--recipe", default="recipes/smoke_cpu.yaml",
+                        help="trainer recipe YAML the variants start from")
     parser.add_argument("--variants", nargs="+", default=["ours", "r1v"],
-                        help="style[:options], style r1v or ours; options mb=N, rounds=N, gc, liger, levers=a+b|all|none, "
-                             "warmup=N, steps=N, field=value (see bench.harness.Variant)")
+                        help="style[:options], style r1v or ours; options mb=N, rounds=N, gc, liger, "
+                             "levers=a+b|all|none, warmup=N, steps=N, field=value (see bench.harness.Variant)")
     parser.add_argument("--baseline", default=None,
                         help="variant the speed-ups are relative to (default: the first r1v-style one)")
     parser.add_argument("--before", default=None,
@@ -78,7 +79,8 @@ def parse_cli(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--completion-length", type=int, default=64, help="tokens every completion is pinned to")
     parser.add_argument("--steps", type=int, default=2, help="measured optimizer steps per variant (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured optimizer steps first")
-    parser.add_argument("--image-size", type=_size, default=(480, 320), help="WxH of the synthetic scenes (CLEVR: 480x320)")
+    parser.add_argument("--image-size", type=_size, default=(480, 320),
+                        help="WxH of the synthetic scenes (CLEVR: 480x320)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
                         help="recipe override for every variant (YAML value), e.g. --set max_pixels=401408")
     parser.add_argument("--workdir", type=Path, default=Path("runs/bench"), help="where models and scenes are cached")
@@ -103,7 +105,8 @@ COLUMNS = [  # header, summary key, format
     ("opt s", "optimizer", "{:.2f}"), ("other s", "other", "{:.2f}"), ("rope s", "rope_index", "{:.3f}"),
     ("images encoded", "vision_images", "{}"),
     ("gen tok/s", "generation_tokens_per_s", "{:.0f}"),
-    ("tok/s", "generated_tokens_per_s", "{:.0f}"), ("peak GiB", None, "{:.2f}"), ("TFLOP/step", "tflop_per_step", "{:.3g}"),
+    ("tok/s", "generated_tokens_per_s", "{:.0f}"), ("peak GiB", None, "{:.2f}"),
+    ("TFLOP/step", "tflop_per_step", "{:.3g}"),
     ("exec TFLOP/step", "executed_tflop_per_step", "{:.3g}"), ("MFU", "mfu", "{:.1%}"),
     ("exec util", "executed_utilization", "{:.1%}"),
 ]

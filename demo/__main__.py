@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("threads", "workers"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} {getattr(args, name)}: must be at least 1")
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = QUICK if args.quick else FULL
     cfg = replace(cfg, grpo={**cfg.grpo, **dict(args.overrides)},
                   **{k: getattr(args, k) for k in ("seeds", "threads", "workers") if getattr(args, k) is not None})

@@ -15,7 +15,7 @@ from eval_job.checkpoints import FINAL
 from r1v_job.rewards import format_reward
 from r1v_job.synthetic import read_jsonl
 
-log = logging.getLogger("demo.report")
+logger = logging.getLogger(__name__)
 
 MODELS = {"start": "start (warmed up)", "sft_answers": "SFT on answers", "sft_cot": "CoT-SFT (teacher traces)",
           "grpo": "GRPO"}
@@ -119,7 +119,8 @@ def build_summary(layout: Layout, cfg, plan: dict) -> dict:
         per = [next((h for h in p["headline"] if h["prompt"] == prompt), None) for p in per_seed]
         if None in per:
             continue
-        headline.append({"prompt": prompt, **{f"grpo_minus_{m}_points": mean_ci([h[f"grpo_minus_{m}_points"] for h in per])
+        headline.append({"prompt": prompt,
+                         **{f"grpo_minus_{m}_points": mean_ci([h[f"grpo_minus_{m}_points"] for h in per])
                                               for m in MODELS if m != "grpo"}})
     in_dist = [_score(p["rows"], m, "in_dist", "cot") for p in per_seed for m in ("start", "grpo")]
     return {"seeds": list(cfg.seeds), "prompts": list(cfg.eval_prompts), "plan": plan, "per_seed": per_seed,
@@ -151,7 +152,8 @@ def table(summary: dict) -> str:
         for split in EVAL_SPLIT_LABELS:
             cells = ""
             for p in prompts:
-                m = next((r for r in summary["means"] if (r["model"], r["split"], r["prompt"]) == (model, split, p)), None)
+                m = next((r for r in summary["means"] if (r["model"], r["split"], r["prompt"]) == (model, split, p)),
+                         None)
                 if m is None:
                     cells += f" | {'n/a':<{width}} {'':>6}"
                     continue
@@ -259,4 +261,4 @@ def push_summary(summary: dict, gateway: str, run: str) -> None:
     seconds = Gauge("r1v_demo_duration_seconds", "Wall time of the whole demo", registry=registry)
     seconds.set(summary.get("timings_seconds", {}).get("total", 0))
     push_to_gateway(gateway, job="r1v-demo", registry=registry, grouping_key={"run": run})
-    log.info("pushed r1v_demo_* to %s (run=%s)", gateway, run)
+    logger.info("pushed r1v_demo_* to %s (run=%s)", gateway, run)

@@ -22,7 +22,7 @@ from eval_job.data import read_questions
 from eval_job.evaluate import evaluate_prompt
 from eval_job.generate import Generator
 
-log = logging.getLogger("demo.start")
+logger = logging.getLogger(__name__)
 RULE_FILE = "start_rule.json"
 
 
@@ -69,7 +69,7 @@ class DevCheck(TrainerCallback):
         if self.crossed_at is None and step % self.rule.every == 0:
             acc = self.accuracy(model, processing_class)
             self.checks.append({"step": step, "dev_accuracy": acc})
-            log.info("warm-up step %d: dev accuracy (%s) %.1f%%", step, self.rule.prompt, 100 * acc)
+            logger.info("warm-up step %d: dev accuracy (%s) %.1f%%", step, self.rule.prompt, 100 * acc)
             if acc >= self.rule.threshold:
                 self.crossed_at = step
         elif not self.rule.stop and step % self.rule.every == 0:
@@ -98,7 +98,8 @@ def build_start_model(warmup_jsonl: Path, dev_jsonl: Path, out: Path, init: Path
             "crossed_at": check.crossed_at, "stopped_at": last}
     (out / RULE_FILE).write_text(json.dumps(info, indent=2) + "\n")
     if rule.stop and check.crossed_at is not None and last < check.crossed_at + rule.margin:
-        raise RuntimeError(f"the warm-up crossed {100 * rule.threshold:.0f}% dev accuracy at step {check.crossed_at} but "
+        raise RuntimeError(f"the warm-up crossed {100 * rule.threshold:.0f}% dev accuracy at step "
+                           f"{check.crossed_at} but "
                            f"its budget ({settings.max_steps} steps) ended before the {rule.margin}-step margin: raise "
                            "DemoConfig.warmup.max_steps")
     if rule.stop and check.crossed_at is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from r1v_common.checkpoints import COMPLETION_MARKER
 from r1v_common.checkpoints import checkpoint_problem, checkpoints_by_step, final_weights, marker_problem, read_marker
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 FINAL = "final"
 
@@ -42,7 +42,7 @@ def find_checkpoints(directory: str | Path) -> list[Target]:
     for step, path in checkpoints_by_step(directory):
         problem = checkpoint_problem(path, training_state=False)
         if problem:
-            log.info("skipping %s: %s", path, problem)
+            logger.info("skipping %s: %s", path, problem)
             continue
         recorded = _global_step(path / "trainer_state.json")
         found.append(Target(path.name, path, step if recorded is None else recorded))
@@ -66,7 +66,7 @@ def find_targets(model_dir: str | Path, checkpoints_dir: str | Path | None = Non
     if (model_dir / "config.json").is_file():
         targets.append(Target(FINAL, model_dir, final_step(model_dir, targets)))
     elif targets:
-        log.warning("no final model in %s (no config.json): scoring the checkpoints only", model_dir)
+        logger.warning("no final model in %s (no config.json): scoring the checkpoints only", model_dir)
     return targets
 
 

@@ -29,7 +29,7 @@ from r1v_common.jobs import JobFailed
 from r1v_common.processing import IMAGE_BACKENDS
 from r1v_common.prompts import EVAL_PROMPTS
 
-log = logging.getLogger("eval_job")
+logger = logging.getLogger("eval_job")  # the program's own lines read "eval_job: ..."; its modules use __name__
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_TRAINING_FAILED, EXIT_WAIT_TIMEOUT, EXIT_PUSH_FAILED = 0, 1, 2, 3, 4, 5
 EXIT_DISK_FULL, EXIT_TERMINATED = 6, 143
@@ -51,9 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="eval_job", description="Score a model (and its checkpoints) on "
                                 "SuperCLEVR-format counting questions; push the scores to a Pushgateway.")
     p.add_argument("--model", help="final model folder (default: --checkpoints DIR, where the trainer saves it)")
-    p.add_argument("--data", help="questions, one {image_path, question, ground_truth} a line (required unless --repush)")
+    p.add_argument("--data",
+                   help="questions, one {image_path, question, ground_truth} a line (required unless --repush)")
     p.add_argument("--image-root", help="folder relative image paths resolve against (default: the file's folder)")
-    p.add_argument("--out", required=True, help="results folder: OUT/<checkpoint>/<prompt>/{results.jsonl,summary.json}")
+    p.add_argument("--out", required=True,
+                   help="results folder: OUT/<checkpoint>/<prompt>/{results.jsonl,summary.json}")
     p.add_argument("--prompt", action="append", metavar="cot|train|direct",
                    help="prompt(s) to score with; repeatable or comma-separated (default: cot)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -64,9 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: pil)")
     p.add_argument("--max-new-tokens", type=int, default=256,
                    help="generation budget, R1-V's 256 by default; an answer cut off by it counts as a parse failure")
-    p.add_argument("--checkpoints", help="training output folder: score each complete checkpoint-N, then the final model")
+    p.add_argument("--checkpoints",
+                   help="training output folder: score each complete checkpoint-N, then the final model")
     p.add_argument("--wait-for", metavar="pytorchjob/NAME|trainjob/NAME|marker",
-                   help="before evaluating, wait for the PyTorchJob or TrainJob to succeed, or for training_complete.json")
+                   help="before evaluating, wait for the PyTorchJob or TrainJob to succeed, "
+                        "or for training_complete.json")
     p.add_argument("--namespace", help="the run's namespace: the training job's, and the `namespace` grouping label of "
                    "the pushed scores (default: the pod's, from $POD_NAMESPACE or its service account; outside a "
                    "cluster the kubeconfig's for the job and \"default\" for the label)")
@@ -119,16 +123,16 @@ def _wait(args: argparse.Namespace, model_dir: Path, run: str) -> int:
         else:
             wait_for_job(kind, name, args.namespace, args.timeout, args.poll_interval, args.kubeconfig)
     except WaitTimeout as e:
-        log.error("%s", e)
+        logger.error("%s", e)
         return EXIT_WAIT_TIMEOUT
     except WaitConfigError as e:
-        log.error("%s", e)
+        logger.error("%s", e)
         return EXIT_USAGE
     except RuntimeError as e:  # the API refused (e.g. 403: the service account may not read the job's kind)
-        log.error("cannot read the training job: %s", str(e).splitlines()[0])
+        logger.error("cannot read the training job: %s", str(e).splitlines()[0])
         return EXIT_INPUT
     except JobFailed as e:
-        log.error("%s; nothing to evaluate", e)
+        logger.error("%s; nothing to evaluate", e)
         if args.pushgateway:
             # Grouped as the run's final model: the run's end result is this failure, and a later
             # successful evaluation of the run replaces it.
@@ -137,7 +141,7 @@ def _wait(args: argparse.Namespace, model_dir: Path, run: str) -> int:
                              metrics.grouping_key(metrics.pod_namespace(args.namespace), run, FINAL),
                              attempts=args.push_attempts, backoff=args.push_backoff)
             except metrics.PushError as pe:
-                log.error("%s", pe)
+                logger.error("%s", pe)
         return EXIT_TRAINING_FAILED
     return EXIT_OK
 
@@ -151,17 +155,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         questions, skipped = read_questions(args.data, args.image_root)
     except DataError as e:
-        log.error("%s", e)
+        logger.error("%s", e)
         return EXIT_INPUT
     if skipped:
-        log.warning("%d of %d rows skipped (listed above and in each summary.json)", len(skipped),
+        logger.warning("%d of %d rows skipped (listed above and in each summary.json)", len(skipped),
                     len(skipped) + len(questions))
     if args.wait and (code := _wait(args, model_dir, run_name)) != EXIT_OK:
         return code
 
     targets = find_targets(model_dir, args.checkpoints)
     if not targets:
-        log.error("nothing to evaluate: no model (config.json) in %s and no complete checkpoint-N in %s",
+        logger.error("nothing to evaluate: no model (config.json) in %s and no complete checkpoint-N in %s",
                   model_dir, args.checkpoints)
         return EXIT_INPUT
     base_settings = {"data": str(Path(args.data).resolve()), "benchmark": args.benchmark,
@@ -186,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         if now:
             spent, scored = spent + time.perf_counter() - started, scored + 1
             per_model = spent / scored
-            log.info("%s done (%d/%d models, %s per model, loading included); ETA %s", target.name, done,
+            logger.info("%s done (%d/%d models, %s per model, loading included); ETA %s", target.name, done,
                      len(targets), timedelta(seconds=round(per_model)),
                      timedelta(seconds=round(per_model * (len(targets) - done))))
         index += [{k: s[k] for k in ("checkpoint", "step", "benchmark", "prompt", "accuracy", "evaluated",
@@ -201,13 +205,13 @@ def run(args: argparse.Namespace) -> int:
                              attempts=args.push_attempts, backoff=args.push_backoff)
             except metrics.PushError as e:
                 push_error = e
-    log.info("evaluated %d (checkpoint, prompt) pairs, reused %d from %s", evaluated,
+    logger.info("evaluated %d (checkpoint, prompt) pairs, reused %d from %s", evaluated,
              len(index) - evaluated, out)
     for row in index:
         print(f"{row['checkpoint']:>16} step {row['step']:>6} {row['benchmark']}/{row['prompt']:<6} "
               f"accuracy {100 * row['accuracy']:5.1f}%  parse failures {row['parse_failures']}")
     if push_error:
-        log.error("%s. The results are on disk in %s; rerun the same command to push them without evaluating "
+        logger.error("%s. The results are on disk in %s; rerun the same command to push them without evaluating "
                   "again.", push_error, out)
         return EXIT_PUSH_FAILED
     return EXIT_OK
@@ -218,7 +222,7 @@ def repush(args: argparse.Namespace) -> int:
     checkpoint, exactly as the evaluation pushed it (same values, labels and timestamps)."""
     out = Path(args.out)
     if not (out / INDEX).exists():  # not evaluated yet (a scheduled re-push before the evaluation): nothing lost
-        log.info("nothing to re-push: no %s yet", out / INDEX)
+        logger.info("nothing to re-push: no %s yet", out / INDEX)
         return EXIT_OK
     try:
         index = json.loads((out / INDEX).read_text())
@@ -227,7 +231,7 @@ def repush(args: argparse.Namespace) -> int:
             groups.setdefault(row["checkpoint"], []).append(
                 json.loads((out / row["checkpoint"] / row["prompt"] / SUMMARY).read_text()))
     except (OSError, ValueError, KeyError, TypeError) as e:
-        log.error("nothing to re-push from %s: %s", out, e)
+        logger.error("nothing to re-push from %s: %s", out, e)
         return EXIT_INPUT
     namespace = metrics.pod_namespace(args.namespace)
     for checkpoint, summaries in groups.items():
@@ -236,9 +240,9 @@ def repush(args: argparse.Namespace) -> int:
                          metrics.grouping_key(namespace, args.run, checkpoint),
                          attempts=args.push_attempts, backoff=args.push_backoff)
         except metrics.PushError as e:
-            log.error("%s", e)
+            logger.error("%s", e)
             return EXIT_PUSH_FAILED
-    log.info("re-pushed %d group(s), %d score(s) from %s", len(groups), len(index), out)
+    logger.info("re-pushed %d group(s), %d score(s) from %s", len(groups), len(index), out)
     return EXIT_OK
 
 
@@ -274,13 +278,13 @@ def main(argv: list[str] | None = None) -> int:
         with sigterm_raises():
             return repush(args) if args.repush else run(args)
     except Terminated:
-        log.error("stopped by SIGTERM: the results finished so far stay in %s; a rerun evaluates only what is "
+        logger.error("stopped by SIGTERM: the results finished so far stay in %s; a rerun evaluates only what is "
                   "missing. exit %d", args.out, EXIT_TERMINATED)
         return EXIT_TERMINATED
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
-        log.error("no space left on device (ENOSPC) writing %s: the results finished so far stay in %s; free space "
+        logger.error("no space left on device (ENOSPC) writing %s: the results finished so far stay in %s; free space "
                   "and rerun (exit %d is retried)", e.filename or args.out, args.out, EXIT_DISK_FULL)
         return EXIT_DISK_FULL
 

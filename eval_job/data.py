@@ -17,7 +17,7 @@ from pathlib import Path
 from r1v_common.jsonl import jsonl_lines
 from r1v_common.processing import image_problem
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class DataError(Exception):
@@ -95,7 +95,7 @@ def read_questions(path: str | Path, image_root: str | Path | None = None) -> tu
             questions.append(_parse(row, root, number, str(path)))
         except ValueError as e:
             skip = Skip(str(path), number, str(e))
-            log.warning("skipped %s", skip)
+            logger.warning("skipped %s", skip)
             skipped.append(skip)
     if not questions:
         why = (f"all {len(skipped)} rows were skipped (first: {skipped[0]})" if skipped

@@ -26,7 +26,7 @@ from eval_job.data import Question, Skip
 from eval_job.scoring import RULES, score
 from r1v_common.prompts import EVAL_PROMPTS
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
@@ -75,7 +75,7 @@ def load_done(directory: Path, settings: dict) -> dict | None:
     except (FileNotFoundError, json.JSONDecodeError):
         return None
     if summary.get("settings") != settings or not (directory / RESULTS).is_file():
-        log.info("%s: results missing or made with other settings, evaluating again", directory)
+        logger.info("%s: results missing or made with other settings, evaluating again", directory)
         return None
     return summary
 
@@ -95,7 +95,7 @@ def _generate(generator, batch: list[Question], template: str, max_new_tokens: i
             raise
     skips = [Skip(q.file, q.line, f"failed while scoring: {problems[id(q)]}") for q in batch if id(q) in problems]
     for skip in skips:
-        log.warning("skipped %s", skip)
+        logger.warning("skipped %s", skip)
     keep = [q for q in batch if id(q) not in problems]
     if not keep:
         return [], [], skips
@@ -121,7 +121,7 @@ def evaluate_prompt(generator, questions: list[Question], prompt: str, batch_siz
         done = len(rows) + len(failed)
         rate = done / max(time.perf_counter() - start, 1e-9)
         eta = timedelta(seconds=round((len(questions) - done) / rate))
-        log.info("%s %s: %d/%d questions | %.2f questions/s | ETA %s", label, prompt, done, len(questions),
+        logger.info("%s %s: %d/%d questions | %.2f questions/s | ETA %s", label, prompt, done, len(questions),
                  rate, eta)
     return rows, time.perf_counter() - start
 
@@ -171,7 +171,7 @@ def reuse_twin(twin: Target, target: Target, prompt: str, out: Path, settings: d
     directory = out / target.name / prompt
     write_atomically(directory / RESULTS, rows)
     write_atomically(directory / SUMMARY, json.dumps(summary, indent=2) + "\n")
-    log.info("%s %s: same weights as %s (sha256), its score reused: accuracy %.1f%% -> %s", target.name, prompt,
+    logger.info("%s %s: same weights as %s (sha256), its score reused: accuracy %.1f%% -> %s", target.name, prompt,
              twin.name, 100 * summary["accuracy"], directory)
     return summary
 
@@ -208,9 +208,9 @@ def evaluate_target(target: Target, questions: list[Question], skipped: list[Ski
                 write_atomically(directory / RESULTS, "".join(json.dumps(r) + "\n" for r in rows))
                 write_atomically(directory / SUMMARY, json.dumps(summary, indent=2) + "\n")
                 evaluated_now += 1
-                log.info("%s %s: accuracy %.1f%% (%d parse failures) -> %s", target.name, prompt,
+                logger.info("%s %s: accuracy %.1f%% (%d parse failures) -> %s", target.name, prompt,
                          100 * summary["accuracy"], summary["parse_failures"], directory)
             else:
-                log.info("%s %s: already evaluated (%s), reusing", target.name, prompt, directory / SUMMARY)
+                logger.info("%s %s: already evaluated (%s), reusing", target.name, prompt, directory / SUMMARY)
         summaries.append(summary)
     return summaries, evaluated_now

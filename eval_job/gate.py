@@ -27,7 +27,7 @@ import time
 from eval_job import cli
 from eval_job.wait import WaitConfigError, kube_api_client, parse_wait_for
 
-log = logging.getLogger("eval_job.gate")
+logger = logging.getLogger("eval_job.gate")  # run as `python -m eval_job.gate`: __name__ is "__main__" there
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
@@ -85,7 +85,7 @@ def resume(name: str, namespace: str, queue_name: str | None, api_client, attemp
         except urllib3.exceptions.HTTPError as e:
             last = e
         if attempt < attempts:
-            log.warning("resuming Job %s/%s failed (attempt %d/%d): %s", namespace, name, attempt, attempts, last)
+            logger.warning("resuming Job %s/%s failed (attempt %d/%d): %s", namespace, name, attempt, attempts, last)
             time.sleep(backoff * 2 ** (attempt - 1))
     raise RuntimeError(f"cannot resume Job {namespace}/{name} after {attempts} attempts: {last}")
 
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         api_client = kube_api_client(kind, job, args.kubeconfig)
     except WaitConfigError as e:
-        log.error("%s", e)
+        logger.error("%s", e)
         return cli.EXIT_USAGE
     from kubeflow.training.utils.utils import get_default_target_namespace
 
@@ -106,10 +106,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         resume(args.resume, args.namespace, args.queue_name, api_client, backoff=args.push_backoff)
     except RuntimeError as e:
-        log.error("%s", e)
+        logger.error("%s", e)
         return cli.EXIT_INPUT
     how = f"labelled for Kueue LocalQueue {args.queue_name}" if args.queue_name else "resumed"
-    log.info("%s/%s succeeded: evaluation Job %s/%s %s", kind, job, args.namespace, args.resume, how)
+    logger.info("%s/%s succeeded: evaluation Job %s/%s %s", kind, job, args.namespace, args.resume, how)
     return cli.EXIT_OK
 
 
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         with cli.sigterm_raises():  # as PID 1 it would otherwise wait out the grace period
             return run(args)
     except cli.Terminated:
-        log.error("stopped by SIGTERM while waiting for %s: nothing was changed; exit %d", args.wait_for,
+        logger.error("stopped by SIGTERM while waiting for %s: nothing was changed; exit %d", args.wait_for,
                   cli.EXIT_TERMINATED)
         return cli.EXIT_TERMINATED
 

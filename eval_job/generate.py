@@ -18,7 +18,7 @@ from transformers import AutoModelForImageTextToText
 from r1v_common.processing import load_processor
 from r1v_common.prompts import conversation
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # Either name marks a folder that holds a processor (transformers 5 writes processor_config.json).
 _PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
@@ -47,7 +47,7 @@ class Generator:
                                         min_pixels=min_pixels, max_pixels=max_pixels)
         self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn)
         self.model.to(self.device).eval()
-        log.info("loaded %s on %s (%s, %s)", model_dir, self.device, dtype, attn)
+        logger.info("loaded %s on %s (%s, %s)", model_dir, self.device, dtype, attn)
 
     def image_problem(self, path: Path) -> str | None:
         """Why the processor fails on the image at `path` (opened as `generate` opens it), or None."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 JOB = "r1v-eval"
 # Where a pod finds its own namespace when the chart's downward-API POD_NAMESPACE is not set.
@@ -122,7 +122,7 @@ def push(gateway: str, registry: CollectorRegistry, grouping_key: dict[str, str]
     for attempt in range(1, attempts + 1):
         try:
             push_to_gateway(gateway, job=JOB, registry=registry, grouping_key=grouping_key, timeout=timeout)
-            log.info("pushed %s to %s", grouping_key, gateway)
+            logger.info("pushed %s to %s", grouping_key, gateway)
             return
         except OSError as e:  # connection refused, timeouts and HTTP errors (URLError is an OSError)
             last = e
@@ -130,7 +130,7 @@ def push(gateway: str, registry: CollectorRegistry, grouping_key: dict[str, str]
                 raise PushError(f"the Pushgateway at {gateway} refused {grouping_key} (not retried): {e}") from e
             if attempt < attempts:
                 delay = backoff * 2 ** (attempt - 1)
-                log.warning("push to %s failed (attempt %d/%d, retrying in %.1f s): %s",
+                logger.warning("push to %s failed (attempt %d/%d, retrying in %.1f s): %s",
                             gateway, attempt, attempts, delay, e)
                 sleep(delay)
     raise PushError(f"could not push {grouping_key} to the Pushgateway at {gateway} "

@@ -21,7 +21,7 @@ from eval_job.checkpoints import COMPLETION_MARKER
 from r1v_common import jobs
 from r1v_common.checkpoints import marker_problem, read_marker
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class WaitTimeout(Exception):
@@ -37,7 +37,8 @@ WAIT_KINDS = tuple(kind.lower() for kind in jobs.JOB_KINDS)
 
 
 def parse_wait_for(spec: str) -> tuple[str, str | None]:
-    """`pytorchjob/NAME` -> ("pytorchjob", NAME), `trainjob/NAME` -> ("trainjob", NAME); `marker` -> ("marker", None)."""
+    """`pytorchjob/NAME` -> ("pytorchjob", NAME), `trainjob/NAME` -> ("trainjob", NAME);
+    `marker` -> ("marker", None)."""
     if spec == "marker":
         return "marker", None
     kind, _, name = spec.partition("/")
@@ -51,7 +52,7 @@ def wait_for_marker(directory: str | Path, timeout: float, poll: float) -> dict:
     final model's files."""
     path = Path(directory) / COMPLETION_MARKER
     deadline = time.monotonic() + timeout
-    log.info("waiting up to %.0f s for %s", timeout, path)
+    logger.info("waiting up to %.0f s for %s", timeout, path)
     refused = None
     while True:
         # None until a whole JSON object is there (the trainer may be mid-write)
@@ -61,7 +62,7 @@ def wait_for_marker(directory: str | Path, timeout: float, poll: float) -> dict:
             if problem is None:
                 return record
             if problem != refused:  # said once per distinct mismatch, not every poll
-                log.warning("refusing %s: %s; waiting for the trainer to write a marker that matches", path, problem)
+                logger.warning("refusing %s: %s; waiting for the trainer to write a marker that matches", path, problem)
                 refused = problem
         if time.monotonic() >= deadline:
             why = f" that matches the final model (last seen: {refused})" if refused else ""
@@ -113,7 +114,7 @@ def wait_for_job(kind: str, name: str, namespace: str | None, timeout: float, po
     api_client = kube_api_client(kind, name, kubeconfig)
     namespace = namespace or get_default_target_namespace()
     where = f"{job_kind.kind} {namespace}/{name}"
-    log.info("waiting up to %.0f s for %s", timeout, where)
+    logger.info("waiting up to %.0f s for %s", timeout, where)
     try:
         job = jobs.wait_for_job(lambda: jobs.read_job(api_client, job_kind, name, namespace, max(poll, 5.0)),
                                 job_kind, name, namespace, timeout=timeout, poll=poll,
@@ -122,5 +123,5 @@ def wait_for_job(kind: str, name: str, namespace: str | None, timeout: float, po
         raise RuntimeError(f"Failed to get {job_kind.kind}: {namespace}/{name}. Error: ({e.status}) {e.reason}") from e
     except jobs.JobTimeout as e:
         raise WaitTimeout(str(e)) from e
-    log.info("%s %s", where, _SUCCEEDED[job_kind.succeeded])
+    logger.info("%s %s", where, _SUCCEEDED[job_kind.succeeded])
     return job

@@ -42,7 +42,8 @@ def _field_problem(row: dict) -> str | None:
         value = row.get(column)
         if value is not None and not isinstance(value, str):
             kind = "a list" if isinstance(value, list) else "an object" if isinstance(value, dict) else \
-                "a boolean" if isinstance(value, bool) else "a number" if isinstance(value, (int, float)) else "not text"
+                "a boolean" if isinstance(value, bool) else \
+                "a number" if isinstance(value, (int, float)) else "not text"
             return f"{column} is {kind} ({json.dumps(value)[:40]}), not {'a path' if column == 'image' else 'text'}"
     return None
 

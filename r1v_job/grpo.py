@@ -40,7 +40,7 @@ from .preemption import Preempted, StopRequest
 from .restarts import StopAtStepCallback, is_main_process
 from .trainer import R1VGRPOTrainer
 
-logger = logging.getLogger("r1v_job")
+logger = logging.getLogger("r1v_job")  # the program's own lines read "r1v_job: ..."; its modules use __name__
 
 
 def choose_attn_implementation(requested: str | None) -> str:

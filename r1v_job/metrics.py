@@ -24,7 +24,7 @@ from transformers import TrainerCallback
 from .config import step_batch
 from .restarts import last_step
 
-logger = logging.getLogger("r1v_job")
+logger = logging.getLogger("r1v_job")  # the program's own lines read "r1v_job: ..."; its modules use __name__
 
 # Step times range from ~1 s (tiny model, one GPU) to minutes (7B, long completions).
 _STEP_BUCKETS = (0.5, 1, 2, 3, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600)

@@ -270,7 +270,8 @@ class R1VGRPOTrainer(GRPOTrainer):
                 replaced[identity] = self._replacement(int.from_bytes(identity, "big"), verdicts, keys, refused)
                 self.rows_skipped += 1
                 logger.warning("step %d: skipped a training row the processor cannot take (%s); trained on data "
-                               "set row %d in its place (%d rows skipped at run time so far)", self.state.global_step + 1,
+                               "set row %d in its place (%d rows skipped at run time so far)",
+                               self.state.global_step + 1,
                                problem, replaced[identity][0], self.rows_skipped)
             out.append(replaced[identity][1])
         return out
@@ -288,7 +289,8 @@ class R1VGRPOTrainer(GRPOTrainer):
 
 def _few(keys: list[str], shown: int = 5) -> str:
     keys = sorted(keys)
-    return "[]" if not keys else "[" + ", ".join(keys[:shown]) + (f", ... ({len(keys)} in all)]" if len(keys) > shown else "]")
+    return "[]" if not keys else "[" + ", ".join(keys[:shown]) + (
+        f", ... ({len(keys)} in all)]" if len(keys) > shown else "]")
 
 
 _warned_partial_groups: list = []

@@ -105,7 +105,8 @@ class Cluster:
                         if found and kind in NEVER_REPLACED))
         if taken:
             also = f" (and {', '.join(t for _, t in taken[1:])})" if len(taken) > 1 else ""
-            raise SubmitError(f"{taken[0][1]} already exists{also}: one release is one run; nothing was changed. Pick another "
+            raise SubmitError(f"{taken[0][1]} already exists{also}: one release is one run; nothing was changed. "
+                              "Pick another "
                               "--release (or fullnameOverride), or delete it first (docs/operations.md, \"Run again\")")
         for obj in objects:
             self._check_allowed(obj, namespace, "patch" if exists[obj["kind"], obj["metadata"]["name"]] else "create")
@@ -132,7 +133,8 @@ class Cluster:
     def _ask(self, ns: str, verb: str, group: str, resource: str, name: str | None = None, why: str = "") -> None:
         from kubernetes.client.rest import ApiException
 
-        attributes = {"namespace": ns, "verb": verb, "group": group, "resource": resource, **({"name": name} if name else {})}
+        attributes = {"namespace": ns, "verb": verb, "group": group, "resource": resource,
+                      **({"name": name} if name else {})}
         review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
                   "spec": {"resourceAttributes": attributes}}
         try:

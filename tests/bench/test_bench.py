@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import LEVERS, MasterWeightAdamW, Variant, needed_flops, parameter_split, step_flops, vision_forward_flops
+from bench.harness import (LEVERS, MasterWeightAdamW, Variant, needed_flops, parameter_split, step_flops,
+                           vision_forward_flops)
 from bench.models import CONFIG_2B, prepare_model, random_model_config
 from r1v_job.tiny import build_tokenizer
 
@@ -125,7 +126,8 @@ def test_harness_measures_one_step_of_each_style(tmp_path, tiny_model_dir):
     from bench.__main__ import main
 
     out = tmp_path / "bench.json"
-    main(["--model", str(tiny_model_dir), "--recipe", "recipes/smoke_cpu.yaml", "--image-size", "112x112", "--prompts", "2",
+    main(["--model", str(tiny_model_dir), "--recipe", "recipes/smoke_cpu.yaml", "--image-size", "112x112",
+          "--prompts", "2",
           "--generations", "2", "--completion-length", "4", "--steps", "1", "--warmup", "0",
           "--variants", "ours", "r1v", "--workdir", str(tmp_path / "work"), "--out", str(out)])
     report = json.loads(out.read_text())

@@ -190,7 +190,8 @@ def crd_problems(obj: dict) -> list[str]:
     schema = crd_schema(obj["apiVersion"], obj["kind"])
     validator = jsonschema.Draft4Validator(_openapi_to_jsonschema(schema))
     problems = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(obj)]
-    problems += [f"{p}: not in the CRD schema" for p in undeclared_fields(obj, schema) if not p.startswith(".metadata.")]
+    problems += [f"{p}: not in the CRD schema" for p in undeclared_fields(obj, schema)
+                 if not p.startswith(".metadata.")]
     problems += metadata_problems(obj.get("metadata", {}))
     return problems
 

@@ -49,7 +49,8 @@ def exprs(dashboard: dict) -> list[tuple[str, str]]:
 
 def _sample_names(registry) -> set[str]:
     """Every series name a family can expose, derived from its type (labelled families have no samples yet)."""
-    suffixes = {"counter": ["_total", "_created"], "gauge": [""], "histogram": ["_bucket", "_sum", "_count", "_created"],
+    suffixes = {"counter": ["_total", "_created"], "gauge": [""],
+                "histogram": ["_bucket", "_sum", "_count", "_created"],
                 "summary": ["", "_sum", "_count", "_created"], "info": ["_info"], "stateset": [""], "enum": [""],
                 "gaugehistogram": ["_bucket", "_gsum", "_gcount"], "unknown": [""]}
     names = set()
@@ -96,7 +97,8 @@ def test_dashboard_covers_what_the_issue_asks_for():
                    "r1v_train_clip_ratio{", "r1v_train_entropy_nats{", "rate(r1v_train_tokens_total",
                    "r1v_train_step_duration_seconds_bucket", "rate(r1v_train_rollouts_total",
                    "r1v_train_global_step{", "r1v_train_final_step{", "r1v_train_gpu_memory_peak_bytes",
-                   "DCGM_FI_DEV_GPU_UTIL{", "DCGM_FI_DEV_FB_USED{", "r1v_eval_accuracy_ratio", "r1v_eval_checkpoint_step"]:
+                   "DCGM_FI_DEV_GPU_UTIL{", "DCGM_FI_DEV_FB_USED{", "r1v_eval_accuracy_ratio",
+                   "r1v_eval_checkpoint_step"]:
         assert needed in queried, needed
 
 

@@ -84,7 +84,8 @@ def test_marker_is_json_written_atomically(tmp_path):
 
 def test_cli_takes_exactly_the_arguments_the_chart_passes(monkeypatch):
     from tests.chart.render import only, render
-    args = only(render({"dataPrep": {"enabled": True}}), "Job", "-data-prep")["spec"]["template"]["spec"]["containers"][0]["args"]
+    job = only(render({"dataPrep": {"enabled": True}}), "Job", "-data-prep")
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     calls = []
     monkeypatch.setattr(data_prep, "snapshot", lambda repo, dest, kind, rev: calls.append((repo, str(dest), kind, rev)))
     monkeypatch.setattr(data_prep, "prepare_superclevr",
@@ -95,7 +96,8 @@ def test_cli_takes_exactly_the_arguments_the_chart_passes(monkeypatch):
                      ("leonardPKU/clevr_cogen_a_train", "/data/datasets/clevr_cogen_a_train", "dataset", None),
                      ("sha256", SHARED_QUESTIONS_SHA256), ("marker", "/data/.r1v-prep/r1v.json")]
     # Revisions set in values reach the downloads.
-    args = only(render({"dataPrep": {"enabled": True}, "model": {"revision": "v1.0"}, "dataset": {"revision": "a" * 40}}),
+    args = only(render({"dataPrep": {"enabled": True}, "model": {"revision": "v1.0"},
+                        "dataset": {"revision": "a" * 40}}),
                 "Job", "-data-prep")["spec"]["template"]["spec"]["containers"][0]["args"]
     calls.clear()
     assert data_prep.main(args) == 0
@@ -149,7 +151,8 @@ def test_the_hub_commit_is_resolved_once_recorded_and_kept(tmp_path, monkeypatch
     monkeypatch.setattr(data_prep, "resolve_revision",
                         lambda repo, kind, rev, token: heads[rev] if rev in heads else f"{rev}-commit")
     monkeypatch.setattr(huggingface_hub, "snapshot_download",
-                        lambda **kw: downloads.append(kw["revision"]) or Path(kw["local_dir"]).mkdir(parents=True, exist_ok=True))
+                        lambda **kw: downloads.append(kw["revision"])
+                        or Path(kw["local_dir"]).mkdir(parents=True, exist_ok=True))
     dest = tmp_path / "models" / "m"
     assert data_prep.snapshot("org/m", dest, "model") == "c1" * 20
     heads[None] = "c2" * 20  # the Hub's head moves on; a retry or a later release keeps the recorded commit
@@ -187,7 +190,8 @@ def test_as_pid_1_sigterm_stops_a_download_at_once(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while not (tmp_path / "downloading").exists():
-        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else ""
+        assert time.monotonic() < deadline and proc.poll() is None, (
+            proc.stderr.read() if proc.poll() is not None else "")
         time.sleep(0.05)
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     started = time.monotonic()

@@ -166,7 +166,8 @@ def test_set_list_with_numbers_reaches_the_trainer_as_strings():
     objects = render(values)
     args = trainer_pods(objects)[0][1]["args"]
     assert args[-6:] == ["--max_steps", "200", "--beta", "0.04", "--bf16", "true"]
-    assert only(objects, "Job", "-eval")["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["--timeout", "259200"]
+    eval_args = only(objects, "Job", "-eval")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert eval_args[-2:] == ["--timeout", "259200"]
 
 
 def test_monitors_render_only_where_the_cluster_serves_their_api():
@@ -176,7 +177,8 @@ def test_monitors_render_only_where_the_cluster_serves_their_api():
     assert monitors(render({}, api_versions=[])) == []
     assert "does not serve monitoring.coreos.com/v1" in notes({}, api_versions=[])
     # The monitor and the alerts come together.
-    assert sorted(monitors(render({}, api_versions=["monitoring.coreos.com/v1"]))) == ["PrometheusRule", "ServiceMonitor"]
+    assert (sorted(monitors(render({}, api_versions=["monitoring.coreos.com/v1"])))
+            == ["PrometheusRule", "ServiceMonitor"])
     # Offline rendering (helm template, GitOps): the explicit override.
     assert sorted(monitors(render({"monitoring": {"forceMonitoringAPI": True}}, api_versions=[]))) == [
         "PrometheusRule", "ServiceMonitor"]

@@ -85,7 +85,8 @@ def test_home_and_the_caches_point_into_tmp(kind):
     objects = render({"jobKind": kind, "dataPrep": {"enabled": True}})
     envs = [(where, {e["name"]: e.get("value") for e in c["env"]}) for where, c, _ in containers(objects) if "env" in c]
     if kind == "TrainJob":  # the trainer's env is on the TrainJob itself
-        envs.append(("TrainJob", {e["name"]: e.get("value") for e in only(objects, "TrainJob")["spec"]["trainer"]["env"]}))
+        envs.append(("TrainJob", {e["name"]: e.get("value")
+                                  for e in only(objects, "TrainJob")["spec"]["trainer"]["env"]}))
     assert len(envs) == 5  # data prep, trainer, evaluator, its gate, helm test
     for where, env in envs:
         for name in ("HOME", "XDG_CACHE_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "MPLCONFIGDIR"):
@@ -140,7 +141,8 @@ def test_every_pod_is_under_exactly_one_policy_and_the_policies_validate(kind):
         selecting = [p["metadata"]["name"] for p in policies if _selects(p["spec"]["podSelector"], labels)]
         assert len(selecting) == 1, (where, selecting)
     # Another release's pods in the namespace are not selected.
-    other = {"app.kubernetes.io/name": "r1v", "app.kubernetes.io/instance": "other", "app.kubernetes.io/component": "trainer"}
+    other = {"app.kubernetes.io/name": "r1v", "app.kubernetes.io/instance": "other",
+             "app.kubernetes.io/component": "trainer"}
     assert not any(_selects(p["spec"]["podSelector"], other) for p in policies)
 
 

@@ -42,7 +42,8 @@ def pod(tmp_path):
         var = name.upper()
         stub.write_text("#!/bin/sh\n"
                         f'echo "{name} $*" >> "$STUB_LOG"\n'
-                        f'[ -n "${{STUB_{var}_SLEEP:-}}" ] && {{ trap \'echo "{name} got TERM" >> "$STUB_LOG"; kill $! 2>/dev/null; exit 143\' TERM; '
+                        f'[ -n "${{STUB_{var}_SLEEP:-}}" ] && '
+                        f'{{ trap \'echo "{name} got TERM" >> "$STUB_LOG"; kill $! 2>/dev/null; exit 143\' TERM; '
                         f'sleep "$STUB_{var}_SLEEP" & wait $!; }}\n'
                         # As the trainer does when it stops on SIGTERM (on this node or another)
                         f'[ -n "${{STUB_{var}_PREEMPTED:-}}" ] && touch "$R1V_PREEMPTED_FILE"\n'
@@ -290,7 +291,8 @@ def test_without_a_budget_every_crash_is_retried(launcher, pod):
 
 
 def test_the_chart_gives_the_launcher_its_grace_period_install_id_and_data_wait():
-    values = {"trainer": {"terminationGracePeriodSeconds": 420}, "dataPrep": {"enabled": True, "waitTimeoutSeconds": 99}}
+    values = {"trainer": {"terminationGracePeriodSeconds": 420},
+              "dataPrep": {"enabled": True, "waitTimeoutSeconds": 99}}
     job = only(render(values), "PyTorchJob")
     pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}

@@ -18,7 +18,7 @@ import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 from transformers import TrainerCallback
 
-from tests.chart.render import CHART, REPO, only, render
+from tests.chart.render import REPO, only, render
 from tests.chart.test_dashboard import DASHBOARDS, exprs
 from tests.eval.pushgateway import Pushgateway
 from tests.helpers import free_port, wait_ready
@@ -185,7 +185,8 @@ def test_trl_health_signals_reach_prometheus(scraped):
     p, window = scraped["prometheus"], f"[{int(time.time() - scraped['start']) + 5}s]"
     sel = f'namespace="team-a", run="{RUN}"'
     logged = [h for h in scraped["trainer"].state.log_history if "reward" in h][-1]
-    for name, key in [("r1v_train_reward_zero_std_ratio", "frac_reward_zero_std"), ("r1v_train_entropy_nats", "entropy"),
+    for name, key in [("r1v_train_reward_zero_std_ratio", "frac_reward_zero_std"),
+                      ("r1v_train_entropy_nats", "entropy"),
                       ("r1v_train_completion_truncated_ratio", "completions/clipped_ratio"),
                       ("r1v_train_completion_length_max_tokens", "completions/max_length")]:
         assert p.value(f"last_over_time({name}{{{sel}}}{window})")["team-a"] == pytest.approx(logged[key]), name
@@ -214,7 +215,8 @@ def test_the_dashboard_variables_list_both_namespaces_and_the_run(scraped):
 
     def values(name):
         # label_values(SELECTOR, LABEL), as Grafana asks Prometheus for it.
-        selector, label = variables[name]["query"]["query"].removeprefix("label_values(").removesuffix(")").rsplit(", ", 1)
+        query = variables[name]["query"]["query"]
+        selector, label = query.removeprefix("label_values(").removesuffix(")").rsplit(", ", 1)
         answer = p.api(f"label/{label}/values", **{"match[]": _substitute(selector), "start": scraped["start"],
                                                     "end": scraped["end"]})
         assert answer["status"] == "success", answer

@@ -67,7 +67,7 @@ def quota_problems(spec: dict) -> list[str]:
 
 
 def results_pod(values: dict | None = None) -> dict:
-    line = next(l.strip() for l in notes(values).splitlines() if " run " in l and "--overrides=" in l)
+    line = next(row.strip() for row in notes(values).splitlines() if " run " in row and "--overrides=" in row)
     return json.loads(shlex.split(line)[-1].split("=", 1)[1])["spec"]
 
 

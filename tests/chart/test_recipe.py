@@ -126,7 +126,8 @@ def test_the_seed_recipe_is_flat_one_key_a_line():
 def test_the_rendered_recipe_keeps_the_seeds_comments_and_marks_what_it_replaced():
     text = only(render(_set("recipe.inline.max_steps=200")), "ConfigMap", "-recipe")["data"]["recipe.yaml"]
     assert "beta: 0.04                                       # trl 0.14 default" in text
-    assert "# (set below) max_steps: -1" in text and "# (set below) model_name_or_path: Qwen/Qwen2-VL-2B-Instruct" in text
+    assert "# (set below) max_steps: -1" in text
+    assert "# (set below) model_name_or_path: Qwen/Qwen2-VL-2B-Instruct" in text
     assert [line for line in text.splitlines() if line.startswith("max_steps:")] == ["max_steps: 200"]
 
 
@@ -142,7 +143,8 @@ def test_the_trainer_refuses_a_user_configmap_recipe_that_disagrees(tmp_path, mo
                                                           "deepspeed", "metrics_port")}
     check_chart_keys("/etc/r1v/recipe.yaml", without, env)  # leaves them to the chart: accepted
     check_chart_keys("/etc/r1v/recipe.yaml", {**without, "metrics_port": 8000.0}, env)  # same number
-    with pytest.raises(UsageError, match="model_name_or_path '/data/models/other' conflicts with the chart's model.path"):
+    with pytest.raises(UsageError,
+                       match="model_name_or_path '/data/models/other' conflicts with the chart's model.path"):
         check_chart_keys("/etc/r1v/recipe.yaml", {**without, "model_name_or_path": "/data/models/other"}, env)
     # Wired into the trainer's argument parsing:
     from r1v_job.grpo import parse_args

@@ -77,7 +77,8 @@ def test_crd_check_covers_the_monitor_kinds():
      "Master or Worker"),
     (lambda j: j["spec"]["pytorchReplicaSpecs"]["Master"].__setitem__("replicas", 2), "must be 1"),
     (lambda j: j["spec"]["pytorchReplicaSpecs"]["Worker"].__setitem__("replicas", 0), "at least 1"),
-    (lambda j: j["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0].__setitem__("name", "trainer"),
+    (lambda j: j["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
+     .__setitem__("name", "trainer"),
      "named pytorch"),
     (lambda j: j["metadata"].__setitem__("name", "1run"), "DNS-1035"),
 ])

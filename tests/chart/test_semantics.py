@@ -81,7 +81,8 @@ def test_the_launcher_keeps_the_restart_budget_the_operator_does_not_keep_under_
 
 
 def test_deepspeed_none_drops_the_flag_and_zero2_switches_file():
-    assert "--deepspeed" not in container(replica_pods(_job({"trainer": {"deepspeed": "none"}}))["Master"], "pytorch")["args"]
+    master = replica_pods(_job({"trainer": {"deepspeed": "none"}}))["Master"]
+    assert "--deepspeed" not in container(master, "pytorch")["args"]
     args = container(replica_pods(_job({"trainer": {"deepspeed": "zero2"}}))["Master"], "pytorch")["args"]
     assert args[args.index("--deepspeed") + 1] == "/etc/r1v/zero2.json"
 
@@ -98,13 +99,15 @@ def test_pod_template_basics():
         assert mounts["/dev/shm"] == "dshm" and mounts["/etc/r1v"] == "recipe"
         env = {e["name"]: e.get("value") for e in container(pod, "pytorch")["env"]}
         assert env["NCCL_DEBUG"] == "WARN"
-    ports = lambda r: {p["name"] for p in container(replica_pods(job)[r], "pytorch")["ports"]}
+    def ports(r):
+        return {p["name"] for p in container(replica_pods(job)[r], "pytorch")["ports"]}
     assert ports("Master") == {"pytorchjob-port", "metrics"}
     assert ports("Worker") == {"pytorchjob-port"}  # rank 0 alone serves /metrics
 
 
 def test_gpu_product_adds_to_the_node_selector():
-    pod = replica_pods(_job({"trainer": {"gpuProduct": "NVIDIA-H100-80GB-HBM3", "nodeSelector": {"pool": "a"}}}))["Master"]
+    pod = replica_pods(_job({"trainer": {"gpuProduct": "NVIDIA-H100-80GB-HBM3",
+                                         "nodeSelector": {"pool": "a"}}}))["Master"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "pool": "a"}
 
 
@@ -229,7 +232,8 @@ def test_evaluator_command_matches_the_interface():
 
 
 def test_evaluator_without_pushgateway_or_gpu():
-    c = only(render({"evaluator": {"pushgatewayUrl": "", "gpus": 0}}), "Job", "-eval")["spec"]["template"]["spec"]["containers"][0]
+    evaluator = only(render({"evaluator": {"pushgatewayUrl": "", "gpus": 0}}), "Job", "-eval")
+    c = evaluator["spec"]["template"]["spec"]["containers"][0]
     assert "--pushgateway" not in c["args"] and "--run" not in c["args"]
     assert "nvidia.com/gpu" not in c["resources"]["requests"]
 
@@ -247,7 +251,8 @@ def test_evaluator_role_grants_reading_the_one_pytorchjob_and_resuming_the_one_e
     assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     binding = only(objects, "RoleBinding")
     sa = only(objects, "ServiceAccount")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "r1v"}]
     eval_pod = only(objects, "Job", "-eval")["spec"]["template"]["spec"]
     gate_pod = only(objects, "Job", "-eval-gate")["spec"]["template"]["spec"]
@@ -339,12 +344,12 @@ def test_release_names_that_the_operator_would_reject_fail_at_render_time():
 
 def test_notes_give_exact_commands_for_this_release():
     text = notes({"nodes": 2}, name="exp", namespace="team-a")
-    lines = [l.strip() for l in text.splitlines() if l.strip().startswith(("kubectl", "helm"))]
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith(("kubectl", "helm"))]
     assert "kubectl -n team-a logs -f exp-r1v-master-0 -c pytorch" in lines
     assert "kubectl -n team-a get pytorchjob exp-r1v -w" in lines
     assert "kubectl -n team-a logs -f job/exp-r1v-eval" in lines
     assert "helm test exp -n team-a --logs" in lines
-    run = next(l for l in lines if l.startswith("kubectl -n team-a run "))
+    run = next(cmd for cmd in lines if cmd.startswith("kubectl -n team-a run "))
     overrides = json.loads(shlex.split(run)[-1].split("=", 1)[1])
     assert overrides["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "exp-r1v-data"
     assert overrides["spec"]["containers"][0]["command"][-1] == "/data/runs/exp-r1v/eval/scores.json"

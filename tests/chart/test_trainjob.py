@@ -54,7 +54,8 @@ def test_trainjob_runs_the_same_trainer_as_the_pytorchjob():
     # The same budget, keyed by pod name on a PyTorchJob (its pods keep their names), by node rank
     # on a TrainJob; each render draws its own install id.
     per_kind = {"R1V_POD_NAME", "R1V_INSTALL_ID"}
-    assert [e for e in trainer["env"] if e["name"] not in per_kind] == [e for e in master["env"] if e["name"] not in per_kind]
+    assert ([e for e in trainer["env"] if e["name"] not in per_kind]
+            == [e for e in master["env"] if e["name"] not in per_kind])
     assert per_kind <= {e["name"] for e in master["env"]} and "R1V_INSTALL_ID" in {e["name"] for e in trainer["env"]}
     assert trainer["image"] == master["image"]
 
@@ -73,7 +74,8 @@ def test_the_charts_runtime_holds_the_pod_claim_shm_security_and_scheduling():
     node = container(pod, "node")
     assert {m["mountPath"]: m["name"] for m in node["volumeMounts"]}["/dev/shm"] == "dshm"
     assert next(v for v in pod["volumes"] if v["name"] == "dshm")["emptyDir"]["medium"] == "Memory"
-    assert pod["securityContext"]["runAsNonRoot"] is True and node["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert node["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     assert pod["priorityClassName"] == "train" and pod["runtimeClassName"] == "nvidia"
     assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
@@ -99,7 +101,8 @@ def test_exitcode_restarts_map_to_jobset_failure_rules():
     assert disrupted["action"] == "Ignore" and job["backoffLimit"] == 0
     env = {e["name"]: e.get("value") for e in only(render(TJ), "TrainJob")["spec"]["trainer"]["env"]}
     assert env["R1V_MAX_RESTARTS"] == "3" and env["R1V_INSTALL_ID"] and "R1V_POD_NAME" not in env
-    on_failure = only(render({**TJ, "trainer": {"restartPolicy": "OnFailure"}}), "TrainingRuntime")["spec"]["template"]["spec"]
+    runtime = only(render({**TJ, "trainer": {"restartPolicy": "OnFailure"}}), "TrainingRuntime")
+    on_failure = runtime["spec"]["template"]["spec"]
     assert "rules" not in on_failure["failurePolicy"]
     assert "podFailurePolicy" not in on_failure["replicatedJobs"][0]["template"]["spec"]
 
@@ -124,7 +127,8 @@ def test_metrics_service_and_pod_monitor_select_the_rank_zero_pod():
                                        "jobset.sigs.k8s.io/replicatedjob-name": "node",
                                        "batch.kubernetes.io/job-completion-index": "0"}
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
-    assert {"name": "metrics", "containerPort": 8000, "protocol": "TCP"} in container(runtime_pod(objects), "node")["ports"]
+    assert ({"name": "metrics", "containerPort": 8000, "protocol": "TCP"}
+            in container(runtime_pod(objects), "node")["ports"])
     pm = only(render({**TJ, "monitoring": {"kind": "PodMonitor"}}), "PodMonitor")
     assert pm["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/job-completion-index"] == "0"
     # On a ClusterTrainingRuntime no port of ours is declared: by number.
@@ -143,7 +147,7 @@ def test_cluster_runtime_patches_target_what_torch_distributed_declares():
     (rjob,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
     # Trainer v2.3's own runtime (a Helm template: its template lines are dropped to read it).
     text = require("torch-distributed-runtime").read_text()
-    upstream = yaml.safe_load("\n".join(l for l in text.splitlines() if "{{" not in l))
+    upstream = yaml.safe_load("\n".join(line for line in text.splitlines() if "{{" not in line))
     (up_job,) = upstream["spec"]["template"]["spec"]["replicatedJobs"]
     assert rjob["name"] == up_job["name"]
     pod = rjob["template"]["spec"]["template"]
@@ -164,7 +168,8 @@ def test_cluster_runtime_patches_target_what_torch_distributed_declares():
     ({"runPolicy": {"ttlSecondsAfterFinished": 60}}, "runPolicy.ttlSecondsAfterFinished"),
 ])
 def test_values_a_cluster_runtime_cannot_take_fail_naming_the_key(values, key):
-    with pytest.raises(helm.HelmRenderError, match=f"{key} is set, but trainJob.clusterTrainingRuntime=torch-distributed"):
+    with pytest.raises(helm.HelmRenderError,
+                       match=f"{key} is set, but trainJob.clusterTrainingRuntime=torch-distributed"):
         render({**CLUSTER, **values})
     assert validation_problems(render({**TJ, **values})) == []  # the chart's runtime takes them
 
@@ -181,11 +186,12 @@ def test_kueue_labels_the_training_job_of_either_kind(values):
 
 def test_notes_give_the_trainjob_commands():
     text = notes({**TJ, "nodes": 2, "kueue": {"queueName": "research"}}, name="exp", namespace="team-a")
-    lines = [l.strip() for l in text.splitlines()]
+    lines = [line.strip() for line in text.splitlines()]
     assert "kubectl -n team-a get trainjob exp-r1v -w" in lines
-    assert "kubectl -n team-a logs -f -l jobset.sigs.k8s.io/jobset-name=exp-r1v,batch.kubernetes.io/job-completion-index=0 -c node" in lines
+    assert ("kubectl -n team-a logs -f -l jobset.sigs.k8s.io/jobset-name=exp-r1v,"
+            "batch.kubernetes.io/job-completion-index=0 -c node") in lines
     assert "kubectl -n team-a wait --for=condition=Complete trainjob/exp-r1v --timeout=24h" in lines
-    assert not any("pytorchjob" in l or "master-0" in l for l in lines)
-    assert any("LocalQueue research" in l for l in lines)
+    assert not any("pytorchjob" in line or "master-0" in line for line in lines)
+    assert any("LocalQueue research" in line for line in lines)
     assert "TrainingRuntime exp-r1v" in text
     assert "ClusterTrainingRuntime torch-distributed" in notes({**CLUSTER})

@@ -16,7 +16,8 @@ ALL_ON = {"dataPrep": {"enabled": True, "hfTokenSecret": {"name": "hf"}},
           "gangScheduling": {"enabled": True, "schedulerName": "volcano", "queue": "q", "priorityClass": "p"},
           "trainer": {"serviceAccount": {"create": True}},
           "monitoring": {"dashboard": {"enabled": True}}, "kueue": {"queueName": "research"},
-          "networkPolicy": {"enabled": True}, "evaluator": {"pushgatewayUrl": "http://gw:9091", "repush": {"schedule": "0 * * * *"}}}
+          "networkPolicy": {"enabled": True}, "evaluator": {"pushgatewayUrl": "http://gw:9091",
+                                                            "repush": {"schedule": "0 * * * *"}}}
 HOSTILE = "my model #v2: x\nhostIPC: true\n- '\" {a}"
 # Where a value must stay a path on the volume or a URL, the hostile part follows a valid prefix.
 PREFIX = {"model.path": "/data/models/", "dataset.path": "/data/datasets/", "superclevr.dir": "/data/sc/",
@@ -119,7 +120,8 @@ def _names(objects: list[dict]) -> set[str]:
 
 
 def test_long_release_names_differing_at_the_end_share_no_object_and_no_output_folder():
-    a, b = "team-vision-qwen2vl-clevr-ablation-lr-sweep-run-00001", "team-vision-qwen2vl-clevr-ablation-lr-sweep-run-00002"
+    a = "team-vision-qwen2vl-clevr-ablation-lr-sweep-run-00001"
+    b = "team-vision-qwen2vl-clevr-ablation-lr-sweep-run-00002"
     assert len(a) == 53  # Helm's longest release name
     every_object = {"evaluator": {"pushgatewayUrl": "http://gw:9091", "repush": {"schedule": "0 * * * *"}},
                     "networkPolicy": {"enabled": True}, "dataPrep": {"enabled": True}}
@@ -134,7 +136,8 @@ def test_long_release_names_differing_at_the_end_share_no_object_and_no_output_f
         return c["args"][c["args"].index("--output_dir") + 1]
 
     assert output(first) != output(second)
-    assert only(first, "PersistentVolumeClaim")["metadata"]["name"] != only(second, "PersistentVolumeClaim")["metadata"]["name"]
+    assert (only(first, "PersistentVolumeClaim")["metadata"]["name"]
+            != only(second, "PersistentVolumeClaim")["metadata"]["name"])
     assert _names(render(every_object, name=a)) == _names(first)  # stable: the same release keeps its names
     assert only(render({}, name="exp"), "PyTorchJob")["metadata"]["name"] == "exp-r1v"  # short names unchanged
 
@@ -151,7 +154,8 @@ def test_a_path_outside_the_shared_volume_fails_the_render(key, path):
 
 @pytest.mark.parametrize("part", ["requests", "limits"])
 def test_a_gpu_count_in_resources_must_match_gpus_per_node(part):
-    with pytest.raises(helm.HelmRenderError, match=f"trainer.resources.{part}.nvidia.com/gpu=4 disagrees with gpusPerNode=8"):
+    with pytest.raises(helm.HelmRenderError,
+                       match=f"trainer.resources.{part}.nvidia.com/gpu=4 disagrees with gpusPerNode=8"):
         render({"trainer": {"resources": {part: {"nvidia.com/gpu": 4}}}})
     text = render_raw({"gpusPerNode": 4, "trainer": {"resources": {part: {"nvidia.com/gpu": 4}}}})
     job = text["r1v/templates/pytorchjob.yaml"]
@@ -188,6 +192,7 @@ def test_compound_durations_give_rules_prometheus_loads(tmp_path):
         "stalled": {"after": "1h30m"}, "restarts": {"window": "1d"}, "scoresMissing": {"after": "1w"}}}}),
         "PrometheusRule")
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule["spec"]))
-    checked = subprocess.run(["promtool", "check", "rules", str(tmp_path / "rules.yaml")], capture_output=True, text=True)
+    checked = subprocess.run(["promtool", "check", "rules", str(tmp_path / "rules.yaml")], capture_output=True,
+                             text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "[1d]" in yaml.safe_dump(rule["spec"]).replace("\n", " ")

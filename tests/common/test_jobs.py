@@ -39,7 +39,8 @@ def test_returns_the_job_once_its_kinds_success_condition_is_true():
 
 def test_a_failed_job_raises_with_its_reason_and_message():
     with pytest.raises(JobFailed, match="training job ns/j failed: RFailed: mFailed") as failed:
-        wait_for_job(reads(job(("Running", "True")), job(("Failed", "True"))), PYTORCHJOB, "j", "ns", timeout=10, poll=0)
+        wait_for_job(reads(job(("Running", "True")), job(("Failed", "True"))), PYTORCHJOB, "j", "ns", timeout=10,
+                     poll=0)
     assert failed.value.reason == "RFailed"
 
 

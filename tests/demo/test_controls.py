@@ -48,7 +48,8 @@ def test_cot_control_traces_name_each_scenes_objects_then_its_count(train_jsonl)
 
 
 def test_teacher_trace_lists_objects_in_the_descriptions_order():
-    objects = [{"shape": "cube", "colour": "red", "size": "small"}, {"shape": "sphere", "colour": "blue", "size": "large"},
+    objects = [{"shape": "cube", "colour": "red", "size": "small"},
+               {"shape": "sphere", "colour": "blue", "size": "large"},
                {"shape": "cylinder", "colour": "gray", "size": "small"}]
     assert teacher_trace(objects) == ("<think>I see a small red cube, a large blue sphere and a small gray cylinder. "
                                       "That makes 3 objects.</think><answer>3</answer>")

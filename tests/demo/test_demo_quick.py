@@ -111,7 +111,8 @@ def test_per_seed_rows_means_intervals_and_plot(quick_run):
         assert m["accuracy"]["mean"] == pytest.approx(expected["mean"])
         assert m["accuracy"]["ci95"] == pytest.approx(expected["ci95"])
     for h in summary["headline"]:
-        acc = [{(r["model"]): r["accuracy"] for r in per["rows"] if r["split"] == "heldout" and r["prompt"] == h["prompt"]}
+        acc = [{(r["model"]): r["accuracy"] for r in per["rows"]
+                if r["split"] == "heldout" and r["prompt"] == h["prompt"]}
                for per in summary["per_seed"]]
         for model in ("start", "sft_answers", "sft_cot"):
             assert h[f"grpo_minus_{model}_points"]["values"] == pytest.approx(

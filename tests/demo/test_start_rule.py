@@ -82,7 +82,8 @@ def test_start_stage_never_opens_the_heldout_split(tmp_path, monkeypatch):
     from demo.layout import Layout
 
     L = Layout(tmp_path).seed(0)
-    cfg = with_seed(replace(QUICK, warmup=replace(QUICK.warmup, max_steps=4), rule=StartRule(every=4, threshold=0.0)), 0)
+    cfg = with_seed(replace(QUICK, warmup=replace(QUICK.warmup, max_steps=4),
+                            rule=StartRule(every=4, threshold=0.0)), 0)
     L.root.mkdir(parents=True)
     L.config.write_text(cfg.to_json())
     # The held-out split exists (as after an earlier run), so that opening it would succeed.

@@ -102,7 +102,8 @@ def test_images_install_the_extras_the_issue_names():
 
 def test_pins_reads_pyproject_and_refuses_unpinned(tmp_path):
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert pins.pins(REPO / "pyproject.toml", ["base", "gpu"]) == project["dependencies"] + project["optional-dependencies"]["gpu"]
+    assert (pins.pins(REPO / "pyproject.toml", ["base", "gpu"])
+            == project["dependencies"] + project["optional-dependencies"]["gpu"])
     loose = tmp_path / "pyproject.toml"
     loose.write_text('[project]\nname="x"\ndependencies=["torch>=2"]\n')
     with pytest.raises(SystemExit, match="not pinned"):
@@ -121,8 +122,8 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 
 
 def test_dockerignore_keeps_what_the_dockerfiles_copy_and_drops_the_rest():
-    patterns = [l.strip() for l in (REPO / ".dockerignore").read_text().splitlines()
-                if l.strip() and not l.startswith("#")]
+    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
     sources = set()
     for path in DOCKERFILES.values():
         for line in re.findall(r"^COPY (?!--from)(.+)$", path.read_text(), re.M):

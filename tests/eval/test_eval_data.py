@@ -3,7 +3,6 @@
 import json
 import logging
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -67,7 +66,7 @@ def test_evaluation_of_a_bad_file_scores_the_good_rows_and_reports_four_skips(ba
     summary = json.loads((out / "final" / "cot" / "summary.json").read_text())
     assert (summary["evaluated"], summary["skipped"]) == (3, 4)
     assert [row.split(": ")[0] for row in summary["skipped_rows"]] == [f"{bad_file}:{n}" for n in (2, 3, 4, 6)]
-    results = [json.loads(l) for l in (out / "final" / "cot" / "results.jsonl").read_text().splitlines()]
+    results = [json.loads(line) for line in (out / "final" / "cot" / "results.jsonl").read_text().splitlines()]
     assert [r["line"] for r in results] == [1, 7, 8]
     for n in (2, 3, 4, 6):
         assert f"{bad_file}:{n}:" in caplog.text

@@ -25,10 +25,10 @@ def test_python_m_eval_job_writes_results_and_pushes_them(tiny_model, questions,
          "--pushgateway", pushgateway.url, "--run", "e2e"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    truths = [json.loads(l)["ground_truth"] for l in questions.read_text().splitlines()]
+    truths = [json.loads(line)["ground_truth"] for line in questions.read_text().splitlines()]
     for prompt in ("cot", "direct"):
         folder = out / "final" / prompt
-        rows = [json.loads(l) for l in (folder / "results.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
         assert [r["ground_truth"] for r in rows] == truths
         assert all(ROW_KEYS <= r.keys() for r in rows)
         assert all(r["correct"] == (r["extracted_answer"] == r["ground_truth"]) for r in rows)
@@ -48,7 +48,8 @@ def test_python_m_eval_job_writes_results_and_pushes_them(tiny_model, questions,
         assert pushgateway.value("r1v_eval_duration_seconds", **series) == pytest.approx(s["duration_seconds"])
         assert pushgateway.value("r1v_eval_samples_per_second", **series) == pytest.approx(s["samples_per_second"])
     assert pushgateway.value("r1v_eval_checkpoint_step", **group) == 0
-    last = max(json.loads((out / "final" / p / "summary.json").read_text())["finished_at_unix"] for p in ("cot", "direct"))
+    last = max(json.loads((out / "final" / p / "summary.json").read_text())["finished_at_unix"]
+               for p in ("cot", "direct"))
     assert pushgateway.value("r1v_eval_last_success_timestamp_seconds", **group) == pytest.approx(last)
     index = json.loads((out / "scores.json").read_text())
     assert [(r["checkpoint"], r["prompt"]) for r in index] == [("final", "cot"), ("final", "direct")]
@@ -66,7 +67,7 @@ class KnownAnswers:
 
 
 def test_pushed_accuracy_is_the_share_of_correct_answers(questions, tiny_model, pushgateway, tmp_path, monkeypatch):
-    rows = [json.loads(l) for l in questions.read_text().splitlines()]
+    rows = [json.loads(line) for line in questions.read_text().splitlines()]
     outputs = [f"<think>x</think><answer>{r['ground_truth']}</answer>" for r in rows[:4]]
     outputs += [f"<answer>{rows[4]['ground_truth'] + 1}</answer>", "I think 3"]  # wrong, then unparseable
     answers = {Path(r["image_path"]).name: o for r, o in zip(rows, outputs)}
@@ -80,7 +81,7 @@ def test_pushed_accuracy_is_the_share_of_correct_answers(questions, tiny_model, 
     labels = dict(run="known", checkpoint="final", benchmark="superclevr", prompt="cot")
     assert pushgateway.value("r1v_eval_accuracy_ratio", **labels) == pytest.approx(4 / 6)
     assert pushgateway.value("r1v_eval_parse_failures", **labels) == 1
-    results = [json.loads(l) for l in (out / "final" / "cot" / "results.jsonl").read_text().splitlines()]
+    results = [json.loads(line) for line in (out / "final" / "cot" / "results.jsonl").read_text().splitlines()]
     assert [r["correct"] for r in results] == [True] * 4 + [False] * 2
     assert [r["extracted_answer"] for r in results][4:] == [rows[4]["ground_truth"] + 1, None]
 

@@ -71,7 +71,8 @@ class Release:
         self.rc = gate.main(argv)
 
     def training_gets(self) -> int:
-        return self.fake.requests(f"get /apis/{self.group[0]}/{self.group[1]}/namespaces/{NS}/{self.group[2]}/{self.name}")
+        group, version, plural = self.group[:3]
+        return self.fake.requests(f"get /apis/{group}/{version}/namespaces/{NS}/{plural}/{self.name}")
 
     def finish(self, outcome: str) -> int:
         status = [condition("Running", "False"), condition(outcome, reason=f"{self.kind}{outcome}")]
@@ -161,5 +162,6 @@ def test_as_pid_1_sigterm_stops_the_waiting_gate_at_once_and_changes_nothing(fak
     assert "stopped by SIGTERM" in log.read_text().strip().splitlines()[-1]
     assert release.evaluation()["spec"]["suspend"] is True
     pod_failure = release.gate_job["spec"]["podFailurePolicy"]["rules"]
-    assert {"action": "Ignore", "onExitCodes": {"containerName": "gate", "operator": "In", "values": [143]}} in pod_failure
+    assert ({"action": "Ignore", "onExitCodes": {"containerName": "gate", "operator": "In", "values": [143]}}
+            in pod_failure)
     release.finish("Succeeded")

@@ -65,7 +65,8 @@ def test_the_final_model_with_a_checkpoints_weights_takes_its_score_labelled_bot
     twin = json.loads((out / "checkpoint-2" / "cot" / "summary.json").read_text())
     assert final["same_weights_as"] == "checkpoint-2" and final["checkpoint"] == "final" and final["step"] == 2
     assert final["accuracy"] == twin["accuracy"] and final["correct"] == twin["correct"]
-    assert (out / "final" / "cot" / "results.jsonl").read_text() == (out / "checkpoint-2" / "cot" / "results.jsonl").read_text()
+    assert ((out / "final" / "cot" / "results.jsonl").read_text()
+            == (out / "checkpoint-2" / "cot" / "results.jsonl").read_text())
     index = json.loads((out / "scores.json").read_text())
     assert [r.get("same_weights_as") for r in index] == [None, None, "checkpoint-2"]
     group = dict(job="r1v-eval", namespace="team-a", run="exp", prompt="cot")
@@ -115,7 +116,8 @@ def test_a_killed_gateway_gets_every_series_back_from_disk_byte_for_byte(scored,
 def test_repush_needs_the_run_and_fails_clearly_on_a_broken_index(tmp_path, capsys, caplog):
     with pytest.raises(SystemExit) as e:
         cli.parse_args(["--repush", "--out", str(tmp_path), "--pushgateway", "http://127.0.0.1:9"])
-    assert e.value.code == cli.EXIT_USAGE and "--repush needs --pushgateway URL and --run NAME" in capsys.readouterr().err
+    assert e.value.code == cli.EXIT_USAGE
+    assert "--repush needs --pushgateway URL and --run NAME" in capsys.readouterr().err
     argv = ["--repush", "--out", str(tmp_path), "--pushgateway", "http://127.0.0.1:9", "--run", "r"]
     assert cli.main(argv) == cli.EXIT_OK  # not evaluated yet: nothing lost, nothing to do
     (tmp_path / "scores.json").write_text('[{"checkpoint": "final", "prompt": "cot"}]')

@@ -1,7 +1,6 @@
 """Waiting for training: a PyTorchJob or a TrainJob on kmock's fake API server (not a real one), and the marker file."""
 
 import json
-import logging
 import os
 import subprocess
 import sys

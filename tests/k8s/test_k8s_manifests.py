@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.chart.render import CHART, kubernetes_validate_problems, only, render
+
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
-from tests.chart.render import CHART, crd_problems, kubernetes_validate_problems, only, render
 
 MANIFESTS = [K8S / "namespace.yaml", K8S / "storage" / "nfs-storageclass.yaml", K8S / "storage" / "pvc.yaml"]
 
@@ -63,8 +64,8 @@ def test_pushgateway_is_scraped_with_honor_labels_and_matches_the_chart_url():
     assert monitor["additionalLabels"]["release"] == only(render({}), "ServiceMonitor")["metadata"]["labels"]["release"]
     # Release prometheus-pushgateway in monitoring: the upstream chart names its Service after the
     # release, so the URL is the r1v chart's default.
-    install = next(l for l in (K8S / "monitoring" / "pushgateway-values.yaml").read_text().splitlines()
-                   if "helm install" in l)
+    install = next(line for line in (K8S / "monitoring" / "pushgateway-values.yaml").read_text().splitlines()
+                   if "helm install" in line)
     release, chart = install.split("helm install", 1)[1].split()[:2]
     assert (release, chart) == ("prometheus-pushgateway", "prometheus-community/prometheus-pushgateway")
     args = only(render({}), "Job", "-eval")["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -72,7 +73,8 @@ def test_pushgateway_is_scraped_with_honor_labels_and_matches_the_chart_url():
     assert url == f"http://{release}.{monitor['namespace']}.svc:{values['service']['port']}"
     # Pushed scores survive a restart of the gateway.
     assert values["persistentVolume"]["enabled"] is True
-    assert any(a.startswith(f"--persistence.file={values['persistentVolume']['mountPath']}/") for a in values["extraArgs"])
+    mount = values["persistentVolume"]["mountPath"]
+    assert any(a.startswith(f"--persistence.file={mount}/") for a in values["extraArgs"])
 
 
 def test_prometheus_and_grafana_select_what_the_chart_labels():

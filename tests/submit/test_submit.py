@@ -216,7 +216,8 @@ def test_submit_creates_the_charts_objects_and_follows_the_master_log(cluster, c
     created = {(key[0].plural, key[2]) for key in cluster.emulator.objects if key[0] != PODS}
     assert created == {(kind_plural(o["kind"]), o["metadata"]["name"]) for o in chart_objects}
     log_requests = [r for r in cluster.emulator if r.method == "GET" and str(r.url).split("?")[0].endswith("/log")]
-    assert log_requests and "follow=True" in str(log_requests[0].url) and "container=pytorch" in str(log_requests[0].url)
+    assert log_requests
+    assert "follow=True" in str(log_requests[0].url) and "container=pytorch" in str(log_requests[0].url)
 
 
 def test_follow_streams_a_recreated_pod_of_the_same_name_again(cluster, capsys):
@@ -247,7 +248,8 @@ def test_follow_streams_a_recreated_pod_of_the_same_name_again(cluster, capsys):
     cluster.emulator[f"get /api/v1/namespaces/{ns}/pods/{pod}/log"] << log
     from kubernetes import client
 
-    assert Cluster(client.ApiClient(cluster.configuration())).follow("PyTorchJob", job, ns, poll_seconds=0.01, timeout_seconds=30)
+    assert Cluster(client.ApiClient(cluster.configuration())).follow("PyTorchJob", job, ns, poll_seconds=0.01,
+                                                                     timeout_seconds=30)
     out = capsys.readouterr().out
     assert "[Pod exp-r1v-master-0]: step 7/100 crashed" in out and "[Pod exp-r1v-master-0]: resumed at step 5" in out
 
@@ -448,14 +450,16 @@ def test_runs_from_the_built_wheel_outside_the_checkout(tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         zf.extractall(tmp_path / "site")
     recipe = (tmp_path / "site" / "r1v_submit" / "chart" / "files" / "recipe.yaml")
-    assert not recipe.is_symlink() and recipe.read_text() == (REPO / "recipes" / "r1v_qwen2vl_2b_clevr.yaml").read_text()
+    assert not recipe.is_symlink()
+    assert recipe.read_text() == (REPO / "recipes" / "r1v_qwen2vl_2b_clevr.yaml").read_text()
     run = subprocess.run([sys.executable, "-m", "r1v_submit", "--release", "exp", "--set", "jobKind=TrainJob",
                           "--dry-run"], cwd=tmp_path, capture_output=True, text=True,
                          env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert run.returncode == 0, run.stderr
     docs = [d for d in yaml.safe_load_all(run.stdout) if d]
     rendered = only(docs, "ConfigMap", "-recipe")["data"]["recipe.yaml"]
-    assert all(line in rendered for line in recipe.read_text().splitlines())  # the seed, whole (a few lines "set below")
+    # the seed, whole (a few lines "set below")
+    assert all(line in rendered for line in recipe.read_text().splitlines())
     assert only(docs, "TrainJob")["spec"]["runtimeRef"]["kind"] == "TrainingRuntime"
 
 
@@ -582,7 +586,8 @@ def test_trainer_client_starts_a_run_on_the_charts_runtime():
         requests = want["resourcesPerNode"]["requests"]
         name = client.train(runtime=client.get_runtime("exp-r1v"), trainer=CustomTrainerContainer(
             image=want["image"], num_nodes=want["numNodes"],
-            resources_per_node={"gpu": requests["nvidia.com/gpu"], "cpu": requests["cpu"], "memory": requests["memory"]},
+            resources_per_node={"gpu": requests["nvidia.com/gpu"], "cpu": requests["cpu"],
+                                "memory": requests["memory"]},
             env={**{e["name"]: e["value"] for e in want["env"] if "value" in e}, "POD_NAMESPACE": "r1v"}),
             options=[TrainerCommand(command=want["command"]), TrainerArgs(args=want["args"])])
         got = dict(fake.emulator.objects[TRAINJOBS, "r1v", name].raw)["spec"]

@@ -158,7 +158,8 @@ def test_loss_and_gradient_equal_r1v_objective_with_nonzero_kl(seed_run):
     print("loss: TRL {ours:.9f} R1-V {theirs:.9f}; mean token KL {mean_kl:.4f}; largest gradient entry {g:.3e}; "
           "gradient apart by {d:.3e} (TRL default use_bias_correction_kl: {b:.3e})".format(
               **seen, g=max(g.abs().max().item() for g in seen["theirs_grad"]),
-              d=_max_diff(seen["ours_grad"], seen["theirs_grad"]), b=_max_diff(seen["biased_grad"], seen["theirs_grad"])))
+              d=_max_diff(seen["ours_grad"], seen["theirs_grad"]),
+              b=_max_diff(seen["biased_grad"], seen["theirs_grad"])))
     assert seen["mean_kl"] > 1e-3  # the KL term is really there
     torch.testing.assert_close(seen["batch"]["advantages"], seen["advantages"], atol=1e-6, rtol=0)
     assert seen["advantages"].abs().max() > 0.5  # rewards vary within groups

@@ -108,7 +108,8 @@ def test_resumed_run_ends_bit_for_bit_where_the_uninterrupted_one_does(runs, tin
     at_2 = _weights(runs["straight"] / "checkpoint-2")
     assert sum(not torch.equal(straight[k], at_2[k]) for k in base) > len(base) // 2
     assert all(torch.equal(straight[k], resumed[k]) for k in base)
-    straight_losses, resumed_losses = _losses(runs["straight"] / "checkpoint-4"), _losses(runs["killed"] / "checkpoint-4")
+    straight_losses = _losses(runs["straight"] / "checkpoint-4")
+    resumed_losses = _losses(runs["killed"] / "checkpoint-4")
     assert resumed_losses == straight_losses and set(straight_losses) == {1, 2, 3, 4}
     assert any(straight_losses[s] != 0 for s in (3, 4))
 
@@ -318,7 +319,8 @@ def test_a_disk_that_fills_during_a_save_is_one_line_leaves_no_partial_checkpoin
     assert main(_argv(runs["model"], runs["data"], out, *TERM_REWARD, "--save_total_limit", "1")) == 1
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("r1v_job:")]
     assert len(lines) == 1
-    assert "ENOSPC" in lines[0] and str(out / "checkpoint-4") in lines[0] and "removed the partial checkpoint" in lines[0]
+    assert "ENOSPC" in lines[0] and str(out / "checkpoint-4") in lines[0]
+    assert "removed the partial checkpoint" in lines[0]
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]  # no partial checkpoint-4
     assert ckpt.checkpoint_problem(out / "checkpoint-2") is None
 

@@ -276,7 +276,8 @@ def test_pixels_are_assembled_on_the_device_from_each_distinct_image_once(tiny_m
             on_device = processor(images=images, text=texts, padding=True, return_tensors="pt")
     finally:
         torch.Tensor.to = to
-    assert on_device["pixel_values"].device.type == "meta" and on_device["pixel_values"].shape == host["pixel_values"].shape
+    assert on_device["pixel_values"].device.type == "meta"
+    assert on_device["pixel_values"].shape == host["pixel_values"].shape
     assert moved == [len(host["pixel_values"]) // 4]  # 2 distinct images' patches, copied once
 
 

@@ -127,7 +127,8 @@ def test_two_process_run_sigterm_mid_step_through_the_launcher_checkpoints_exits
                          "R1V_MODEL_PATH": str(tiny_model_dir), "R1V_DATASET_PATH": str(clevr_train),
                          "R1V_CLAIM": "test",
                          "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
-    launcher = subprocess.Popen(["sh", str(REPO / "charts/r1v/files/launch.sh"), *_trainer_args(tiny_model_dir, clevr_train, out)],
+    launcher = subprocess.Popen(["sh", str(REPO / "charts/r1v/files/launch.sh"),
+                                 *_trainer_args(tiny_model_dir, clevr_train, out)],
                                 cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pidfile.write_text(str(launcher.pid))
     _, err = launcher.communicate(timeout=300)

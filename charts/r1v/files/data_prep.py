@@ -102,7 +102,8 @@ def fetch_checked(url: str, dest: Path, sha256: str | None) -> Path:
     if got != sha256:
         dest.unlink()
         print(f"data_prep: error: {url} has sha256 {got}, superclevr.questionsSha256 says {sha256}; point "
-              "superclevr.questionsUrl at the pinned commit, or set questionsSha256 to the file you mean", file=sys.stderr)
+              "superclevr.questionsUrl at the pinned commit, or set questionsSha256 to the file you mean",
+              file=sys.stderr)
         raise SystemExit(2)
     return dest
 
