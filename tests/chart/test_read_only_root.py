@@ -41,16 +41,24 @@ def _pod_env(container: dict) -> dict[str, str]:
     return {k: v.replace("/data/", "/tmp/data/") for k, v in env.items()}
 
 
-# Namespace script: $1 the folder bound over /tmp, $2 a path outside it that must be read-only, the rest
-# the command. /proc, /sys and /dev stay as a container runtime gives them (/dev/shm is the pod's dshm).
+# Namespace script: $1 the folder bound over /tmp, $2 a path outside it that must be read-only, $3 the
+# checkout and its interpreter's prefix (":"-separated) to keep visible, read-only, where they live under
+# /tmp (a clone there, as CI may make it), the rest the command. /proc, /sys and /dev stay as a container
+# runtime gives them (/dev/shm is the pod's dshm).
 _SCRIPT = r"""
 set -e
-scratch=$1; probe=$2; shift 2
+scratch=$1; probe=$2; keep=$3; shift 3
+kept=
+for path in $(echo "$keep" | tr ':' ' '); do
+  case "$path" in /tmp/*) mkdir -p "$scratch${path#/tmp}"; mount --bind "$path" "$scratch${path#/tmp}"
+                          kept="$kept $path";; esac
+done
 mount --rbind "$scratch" /tmp
 for m in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do
   case "$m" in /proc|/proc/*|/sys|/sys/*|/dev|/dev/*|/tmp|/tmp/*) continue;; esac
   mount -o remount,bind,ro "$m"
 done
+for path in $kept; do mount -o remount,bind,ro "$path"; done
 if touch "$probe" 2>/dev/null; then rm -f "$probe"; echo "the root filesystem is still writable" >&2; exit 90; fi
 exec "$@"
 """
@@ -61,8 +69,9 @@ def _run_read_only(tmp_path: Path, scratch: Path, env: dict[str, str], *argv: st
     script.write_text(_SCRIPT)
     keep = {k: os.environ[k] for k in ("PATH", "LANG", "TOKENIZERS_PARALLELISM") if k in os.environ}
     full_env = {**keep, **env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    visible = ":".join(str(Path(p).resolve()) for p in (REPO, sys.prefix))
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", str(script), str(scratch),
-                           str(REPO / ".read-only-probe"), *argv],
+                           str(REPO / ".read-only-probe"), visible, *argv],
                           cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600)
 
 
