@@ -1,7 +1,7 @@
 """No GPU held idle: in every ci/ value set and with both job kinds, the only pods that can request a
 GPU while training runs are the training pods. Any other GPU pod must belong to a Job created
 suspended, outside any Kueue queue (Kueue would admit it at once), that a rendered gate resumes
-once the training job has succeeded (tests/eval/test_eval_gate.py runs that gate)."""
+once the training job has succeeded (tests/eval/test_gate.py runs that gate)."""
 
 from __future__ import annotations
 

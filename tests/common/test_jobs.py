@@ -1,5 +1,5 @@
 """r1v_common.jobs.wait_for_job on its own, fed job dicts (the evaluator's and r1v_submit's use of it
-against kmock's fake API server is in tests/eval/test_eval_wait.py and tests/submit/test_submit.py)."""
+against kmock's fake API server is in tests/eval/test_wait.py and tests/submit/test_submit.py)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from kubernetes import client, config
 
 from eval_job import cli, gate
 from tests.chart.render import only, render
-from tests.eval.test_eval_wait import condition, pytorchjob, until
+from tests.eval.test_wait import condition, pytorchjob, until
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "team"
