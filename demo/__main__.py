@@ -1,5 +1,5 @@
-"""`python -m demo [--out runs/demo] [--seeds 0,1,2] [--threads N] [--workers N] [--pushgateway URL]
-[--quick] [--set field=value ...]`
+"""`python -m demo [--out runs/demo] [--seeds 0,1,2] [--split heldout|validation] [--arm study|verbal]
+[--instruct-ood in|out] [--threads N] [--workers N] [--pushgateway URL] [--quick] [--set field=value ...]`
 
 Miniature R1-V on a laptop: see demo/pipeline.py for the stages and docs/demo.md for the results.
 """
@@ -15,6 +15,8 @@ import yaml
 
 from demo.config import FULL, QUICK
 from demo.pipeline import run_demo
+from demo.scenes import OOD_SPLITS
+from demo.sft import ARMS
 from r1v_job.preflight import UsageError
 
 
@@ -40,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
                                 "scored out of distribution, over several seeds.")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--seeds", type=_seeds, help=f"comma-separated seeds (default: {','.join(map(str, FULL.seeds))})")
+    p.add_argument("--split", choices=OOD_SPLITS, help="the OOD split to score: heldout (the demo, default) or "
+                   "validation (design runs; docs/demo.md, 'Design choices')")
+    p.add_argument("--arm", choices=ARMS, help=f"the start's answer format (default: {FULL.arm})")
+    p.add_argument("--instruct-ood", choices=("in", "out"), help="whether the scored OOD split's shapes and colours "
+                   f"appear in the Instruct scenes (default: {'in' if FULL.scenes.instruct_ood else 'out'})")
     p.add_argument("--threads", type=int, help=f"intra-op threads per process (default: {FULL.threads})")
     p.add_argument("--workers", type=int, help=f"stage processes side by side (default: {FULL.workers})")
     p.add_argument("--pushgateway", metavar="URL", help="push the scores to this Pushgateway")
@@ -54,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = QUICK if args.quick else FULL
-    cfg = replace(cfg, grpo={**cfg.grpo, **dict(args.overrides)},
+    scenes = replace(cfg.scenes, **({"ood_split": args.split} if args.split else {}),
+                     **({"instruct_ood": args.instruct_ood == "in"} if args.instruct_ood else {}))
+    cfg = replace(cfg, scenes=scenes, arm=args.arm or cfg.arm, grpo={**cfg.grpo, **dict(args.overrides)},
                   **{k: getattr(args, k) for k in ("seeds", "threads", "workers") if getattr(args, k) is not None})
     try:
         run_demo(args.out, cfg, pushgateway=args.pushgateway, run_name=args.run, echo=lambda s: print(s, flush=True))

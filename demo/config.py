@@ -20,14 +20,15 @@ class DemoConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     scenes: SceneConfig = SceneConfig()
     model: ModelSize = ModelSize()
-    # The warm-up's budget (and the horizon of its linear schedule); demo/start.py's rule ends it
-    # earlier. 400 leaves room for the rule's margin after the latest dev crossing seen at this
-    # learning rate (docs/demo-history.md).
-    warmup: SFTSettings = SFTSettings(max_steps=400)
-    # Train on 100 steps past the dev crossing: at the crossing itself the counting skill has only
-    # just arrived and does not reach new objects yet. The margin was fixed before any run of it
-    # (docs/demo-history.md).
-    rule: StartRule = StartRule(margin=100)
+    # The Instruct stage's budget (and the horizon of its linear schedule); demo/start.py's rule ends
+    # it earlier (crossings at 600-700 steps in the design study, docs/demo.md).
+    warmup: SFTSettings = SFTSettings(max_steps=1000)
+    # Dev checked every 100 steps; 100 steps trained past the crossing (the counting skill has only
+    # just arrived at the crossing).
+    rule: StartRule = StartRule(every=100, margin=100)
+    # The start's answer format: "study" (<think>There are N objects.</think>) or "verbal" (the
+    # thinking enumerates the objects, 1 2 ... N); chosen on the validation split (docs/demo.md).
+    arm: str = "study"
     # The controls' optimizer settings; their learning rate, schedule, batch of prompts and number of
     # steps are GRPO's (see stage.control_settings), so that only the learning signal differs.
     control: SFTSettings = SFTSettings(warmup_ratio=0.0)
@@ -80,7 +81,7 @@ def _build(kind, data):
 FULL = DemoConfig()
 QUICK = DemoConfig(
     seeds=(0, 1),
-    scenes=SceneConfig(warmup=64, dev=8, train=16, eval_id=8, eval_ood=8),
+    scenes=SceneConfig(instruct=48, warmup=32, dev=8, train=16, eval_id=8, eval_ood=8, validation=8),
     # Enough steps to learn the answer format, so that GRPO's rewards vary within groups; any dev
     # accuracy ends the warm-up at its one check: the quick run tests the plumbing, not counting.
     warmup=SFTSettings(max_steps=24, batch_size=8, learning_rate=3e-3),

@@ -1,6 +1,7 @@
 """The whole miniature R1-V over several seeds, end to end.
 
-Per seed: training scenes -> warm-up until the start rule (demo/start.py) -> held-out scenes ->
+Per seed: training scenes -> the Instruct stage until the start rule (demo/start.py) -> the OOD
+split this run scores (validation for design runs, held-out for the demo) ->
 GRPO (`python -m r1v_job --config recipes/demo_cpu.yaml ...`) beside the two SFT controls on the rows
 GRPO trains on -> held-out and in-distribution scores (eval_job, cot and direct prompts, every
 checkpoint on the held-out split). Then the report over seeds (demo/report.py).
@@ -28,7 +29,7 @@ from pathlib import Path
 from demo import report
 from demo.config import FULL, RECIPE, REPO, DemoConfig, with_seed
 from demo.layout import Layout, SeedLayout
-from demo.scenes import write_heldout
+from demo.scenes import write_ood_split
 
 # For a model this small intra-op threads buy little: on a shared 2-core machine two threads per
 # process made SFT steps several times slower than one (contention), while two one-thread processes
@@ -162,7 +163,7 @@ class SeedPipeline:
         push = ["--pushgateway", self.pushgateway, "--run", self.run] if self.pushgateway else []
         # Intra-op threads can change the float sums, so they are part of every stage's settings.
         fp_start = _fingerprint(asdict(cfg.scenes), asdict(cfg.model), asdict(cfg.warmup), asdict(cfg.rule),
-                                cfg.threads)
+                                cfg.arm, cfg.threads)
         grpo_overrides = {**cfg.grpo, "model_name_or_path": str(L.start), "dataset_name": str(L.scenes.train),
                           "output_dir": str(L.grpo), "max_train_samples": self.plan["n_examples"],
                           "seed": self.plan["seed"] + L.seed}
@@ -173,11 +174,11 @@ class SeedPipeline:
             Stage(L.seed, "start", [*stage, "start", str(L.root)], fp_start, [L.start, L.start_init],
                   progress=start_progress),
             Stage(L.seed, "grpo", [sys.executable, "-m", "r1v_job", *recipe_args(grpo_overrides)], fp_grpo, [L.grpo],
-                  needs=("start",), before=lambda: write_heldout(L.scenes.root, cfg.scenes), progress=grpo_progress),
+                  needs=("start",), before=lambda: write_ood_split(L.scenes.root, cfg.scenes), progress=grpo_progress),
             Stage(L.seed, "controls", [*stage, "controls", str(L.root), *push], fp_controls,
                   [L.root / "models" / "sft_answers", L.root / "models" / "sft_cot", L.root / "eval" / "start",
                    L.root / "eval" / "sft_answers", L.root / "eval" / "sft_cot"],
-                  needs=("start",), before=lambda: write_heldout(L.scenes.root, cfg.scenes), progress=eval_progress),
+                  needs=("start",), before=lambda: write_ood_split(L.scenes.root, cfg.scenes), progress=eval_progress),
             Stage(L.seed, "score_grpo", [*stage, "score", str(L.root), "--model", "grpo", *push],
                   _fingerprint(fp_grpo, evals, push), [L.root / "eval" / "grpo"], needs=("grpo",),
                   progress=eval_progress),

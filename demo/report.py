@@ -20,7 +20,9 @@ logger = logging.getLogger(__name__)
 MODELS = {"start": "start (warmed up)", "sft_answers": "SFT on answers", "sft_cot": "CoT-SFT (teacher traces)",
           "grpo": "GRPO"}
 CONTROL_MODELS = ("sft_answers", "sft_cot")
-EVAL_SPLIT_LABELS = {"heldout": "held-out (SuperCLEVR-like)", "in_dist": "in-distribution (CLEVR-like)"}
+EVAL_SPLIT_LABELS = {"heldout": "held-out (SuperCLEVR-like)", "validation": "validation (design runs)",
+                     "in_dist": "in-distribution (CLEVR-like)"}
+SHORT_LABELS = {"heldout": "held-out", "validation": "valid.", "in_dist": "in-dist"}
 # Student's t, two-sided 95%, by degrees of freedom (n - 1 seeds).
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
@@ -56,12 +58,12 @@ def grpo_log_history(grpo_dir: Path) -> list[dict]:
     return json.loads(states[-1].read_text())["log_history"] if states else []
 
 
-def seed_summary(L: SeedLayout, prompts) -> dict:
-    """One seed: final scores per (model, split, prompt), held-out accuracy per checkpoint, GRPO's
-    rewards per step, and where the start rule stopped the warm-up."""
+def seed_summary(L: SeedLayout, prompts, ood: str) -> dict:
+    """One seed: final scores per (model, split, prompt), OOD accuracy per checkpoint, GRPO's
+    rewards per step, and where the start rule stopped the Instruct stage."""
     rows, curves = [], {}
     for model in MODELS:
-        for split in EVAL_SPLIT_LABELS:
+        for split in (ood, "in_dist"):
             folder = L.eval(model, split)
             for entry in json.loads((folder / "scores.json").read_text()):
                 results = folder / FINAL / entry["prompt"] / "results.jsonl"
@@ -70,7 +72,7 @@ def seed_summary(L: SeedLayout, prompts) -> dict:
                                  "accuracy": entry["accuracy"], "evaluated": entry["evaluated"],
                                  "parse_failures": entry["parse_failures"], "format_rate": format_rate(results),
                                  "mean_abs_error": mean_abs_error(results)})
-                if split == "heldout":
+                if split == ood:
                     curves.setdefault(model, {}).setdefault(entry["prompt"], []).append(
                         {"step": entry["step"], "checkpoint": entry["checkpoint"], "accuracy": entry["accuracy"]})
     for by_prompt in curves.values():
@@ -81,19 +83,19 @@ def seed_summary(L: SeedLayout, prompts) -> dict:
     rule = json.loads((L.start / RULE_FILE).read_text())
     start = {"stopped_at": rule["stopped_at"], "crossed_at": rule["crossed_at"],
              "dev_accuracy": rule["checks"][-1]["dev_accuracy"] if rule["checks"] else None}
-    return {"seed": L.seed, "start": start, "rows": rows, "heldout_curves": curves, "grpo_rewards": rewards,
-            "headline": seed_headline(rows, prompts)}
+    return {"seed": L.seed, "start": start, "rows": rows, "ood_curves": curves, "grpo_rewards": rewards,
+            "headline": seed_headline(rows, prompts, ood)}
 
 
 def _score(rows: list[dict], model: str, split: str, prompt: str) -> dict | None:
     return next((r for r in rows if (r["model"], r["split"], r["prompt"]) == (model, split, prompt)), None)
 
 
-def seed_headline(rows: list[dict], prompts) -> list[dict]:
-    """Held-out accuracy gains in points, per prompt: GRPO over the start and over each control."""
+def seed_headline(rows: list[dict], prompts, ood: str) -> list[dict]:
+    """OOD accuracy gains in points, per prompt: GRPO over the start and over each control."""
     gains = []
     for prompt in prompts:
-        acc = {m: (_score(rows, m, "heldout", prompt) or {}).get("accuracy") for m in MODELS}
+        acc = {m: (_score(rows, m, ood, prompt) or {}).get("accuracy") for m in MODELS}
         if None not in acc.values():
             gains.append({"prompt": prompt, **{f"grpo_minus_{m}_points": round(100 * (acc["grpo"] - acc[m]), 1)
                                                for m in MODELS if m != "grpo"}})
@@ -101,10 +103,11 @@ def seed_headline(rows: list[dict], prompts) -> list[dict]:
 
 
 def build_summary(layout: Layout, cfg, plan: dict) -> dict:
-    per_seed = [seed_summary(layout.seed(s), cfg.eval_prompts) for s in cfg.seeds]
+    ood = cfg.scenes.ood_split
+    per_seed = [seed_summary(layout.seed(s), cfg.eval_prompts, ood) for s in cfg.seeds]
     means = []
     for model in MODELS:
-        for split in EVAL_SPLIT_LABELS:
+        for split in (ood, "in_dist"):
             for prompt in cfg.eval_prompts:
                 found = [_score(p["rows"], model, split, prompt) for p in per_seed]
                 if None in found:
@@ -123,7 +126,8 @@ def build_summary(layout: Layout, cfg, plan: dict) -> dict:
                          **{f"grpo_minus_{m}_points": mean_ci([h[f"grpo_minus_{m}_points"] for h in per])
                                               for m in MODELS if m != "grpo"}})
     in_dist = [_score(p["rows"], m, "in_dist", "cot") for p in per_seed for m in ("start", "grpo")]
-    return {"seeds": list(cfg.seeds), "prompts": list(cfg.eval_prompts), "plan": plan, "per_seed": per_seed,
+    return {"seeds": list(cfg.seeds), "prompts": list(cfg.eval_prompts), "ood_split": ood, "arm": cfg.arm,
+            "instruct_ood": cfg.scenes.instruct_ood, "plan": plan, "per_seed": per_seed,
             "means": means, "headline": headline,
             "start_stopped_at": [p["start"]["stopped_at"] for p in per_seed],
             "start_crossed_at": [p["start"]["crossed_at"] for p in per_seed],
@@ -149,7 +153,7 @@ def table(summary: dict) -> str:
                                                   for p in prompts)
     lines = [head, "-" * len(head)]
     for model, label in MODELS.items():
-        for split in EVAL_SPLIT_LABELS:
+        for split in (summary["ood_split"], "in_dist"):
             cells = ""
             for p in prompts:
                 m = next((r for r in summary["means"] if (r["model"], r["split"], r["prompt"]) == (model, split, p)),
@@ -159,7 +163,7 @@ def table(summary: dict) -> str:
                     continue
                 seeds = " ".join(f"{v:5.1f}" for v in m["accuracy"]["values"])
                 cells += f" | {_interval(m['accuracy']) + '; ' + seeds:<{width}} {100 * m['format_rate']:5.0f}%"
-            lines.append(f"{label:<25} {'held-out' if split == 'heldout' else 'in-dist':<9}{cells}")
+            lines.append(f"{label:<25} {SHORT_LABELS[split]:<9}{cells}")
     return "\n".join(lines)
 
 
@@ -172,7 +176,7 @@ def headline_lines(summary: dict) -> list[str]:
                 continue
             stat = h[f"grpo_minus_{m}_points"]
             parts.append(f"{MODELS[m]} {_interval(stat, signed=True)}")
-        lines.append(f"held-out ({h['prompt']}), GRPO minus: " + "; ".join(parts) +
+        lines.append(f"{SHORT_LABELS[summary['ood_split']]} ({h['prompt']}), GRPO minus: " + "; ".join(parts) +
                      f" points (mean [95% CI] over {len(summary['seeds'])} seeds)")
     ind = summary.get("grpo_minus_start_in_dist_cot_points")
     if ind:
@@ -206,8 +210,8 @@ def plot(summary: dict, path: Path) -> Path:
     for model in ("grpo", *CONTROL_MODELS):
         curves = []
         for p in summary["per_seed"]:
-            start = _score(p["rows"], "start", "heldout", "cot")
-            points = p["heldout_curves"].get(model, {}).get("cot", [])
+            start = _score(p["rows"], "start", summary["ood_split"], "cot")
+            points = p["ood_curves"].get(model, {}).get("cot", [])
             xs = [0] + [q["step"] for q in points]
             ys = [100 * start["accuracy"]] + [100 * q["accuracy"] for q in points]
             curves.append(dict(zip(xs, ys)))
@@ -216,7 +220,7 @@ def plot(summary: dict, path: Path) -> Path:
         bottom.plot(steps, [sum(c[x] for c in curves) / len(curves) for x in steps], color=colours[model],
                     linewidth=2, marker="o", label=f"{MODELS[model]}, mean")
     bottom.set_xlabel("optimizer step (same prompts per step for every run)")
-    bottom.set_ylabel("held-out accuracy, cot prompt (%)")
+    bottom.set_ylabel(f"{EVAL_SPLIT_LABELS[summary['ood_split']]} accuracy, cot (%)")
     bottom.legend(fontsize=8)
     bottom.grid(alpha=0.3)
     fig.suptitle(f"Miniature R1-V over {len(summary['seeds'])} seeds: GRPO vs SFT on the same scenes, "

@@ -29,9 +29,16 @@ from r1v_job.synthetic import read_jsonl
 # generated token at every rollout and evaluation, and the sentence still makes the answer a
 # "reasoned" one that GRPO's format reward can check.
 THINK_ANSWER = "<think>There are {n} objects.</think><answer>{n}</answer>"
+# The verbal arm's answer (docs/demo.md, "Design"): the thinking enumerates the objects one number
+# each, whatever they are, then the answer states the count, so that a count is the last number of
+# a procedure that runs over what the model sees, not a guess at a total.
+VERBAL_ANSWER = "<think>{enumeration}</think><answer>{n}</answer>"
+ARMS = ("study", "verbal")
 # A bare question ("... Answer: ", R1-V's direct prompt) gets a bare tagged answer, as an
 # Instruct model answers a bare question without explaining itself.
 ANSWER_ONLY = "<answer>{n}</answer>"
+# The thinking of the non-counting Instruct rows: one short sentence, as for counting.
+INSTRUCT_THINK = "<think>I look at the objects.</think><answer>{answer}</answer>"
 
 CONTROL_KINDS = ("answers", "cot")
 _COUNT = re.compile(r"\d+")
@@ -76,21 +83,45 @@ def _row(image: str, problem: str, template: str, completion: str) -> dict:
             "completion": [{"role": "assistant", "content": completion}]}
 
 
-def start_answer(template: str, n: int) -> str:
-    return (ANSWER_ONLY if template == EVAL_PROMPTS["direct"] else THINK_ANSWER).format(n=n)
+def start_answer(template: str, n: int, arm: str = "study") -> str:
+    if template == EVAL_PROMPTS["direct"]:
+        return ANSWER_ONLY.format(n=n)
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}: expected one of {ARMS}")
+    if arm == "verbal":
+        return VERBAL_ANSWER.format(enumeration=" ".join(str(i) for i in range(1, n + 1)), n=n)
+    return THINK_ANSWER.format(n=n)
 
 
-def warmup_rows(train_jsonl: Path, seed: int = 0) -> list[dict]:
-    """Warm-up rows: each scene with its count, under a prompt drawn from R1-V's training,
-    evaluation and direct prompts (an Instruct model follows all three phrasings)."""
+_TEMPLATES = (TRAIN_PROMPT, EVAL_PROMPTS["cot"], EVAL_PROMPTS["direct"])
+_TEMPLATE_WEIGHTS = (0.4, 0.4, 0.2)
+
+
+def warmup_rows(train_jsonl: Path, seed: int = 0, arm: str = "study") -> list[dict]:
+    """Counting rows: each scene with its count, under a prompt drawn from R1-V's training,
+    evaluation and direct prompts (an Instruct model follows all three phrasings), answered in the
+    arm's format."""
     rng = random.Random(f"warmup-prompts-{seed}")
-    templates = [TRAIN_PROMPT, EVAL_PROMPTS["cot"], EVAL_PROMPTS["direct"]]
     rows = []
     for r in read_jsonl(train_jsonl):
-        template = rng.choices(templates, weights=[0.4, 0.4, 0.2])[0]
+        template = rng.choices(_TEMPLATES, weights=_TEMPLATE_WEIGHTS)[0]
         rows.append(_row(str(train_jsonl.parent / r["image"]), r["problem"], template,
-                         start_answer(template, count_of(r["solution"]))))
+                         start_answer(template, count_of(r["solution"]), arm)))
     return rows
+
+
+def instruct_rows(instruct_jsonl: Path, warmup_jsonl: Path, seed: int = 0, arm: str = "study") -> list[dict]:
+    """The start's training rows: the broad non-counting questions (r1v_job.synthetic.INSTRUCT_TASKS)
+    under the same prompts, then the counting rows (warmup_rows); SFTTrainer shuffles them."""
+    rng = random.Random(f"instruct-prompts-{seed}")
+    rows = []
+    for r in read_jsonl(instruct_jsonl):
+        template = rng.choices(_TEMPLATES, weights=_TEMPLATE_WEIGHTS)[0]
+        answer = r["solution"].removeprefix("<answer>").removesuffix("</answer>").strip()
+        completion = (ANSWER_ONLY.format(n=answer) if template == EVAL_PROMPTS["direct"]
+                      else INSTRUCT_THINK.format(answer=answer))
+        rows.append(_row(str(instruct_jsonl.parent / r["image"]), r["problem"], template, completion))
+    return rows + warmup_rows(warmup_jsonl, seed, arm)
 
 
 def teacher_trace(objects: list[dict]) -> str:

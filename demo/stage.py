@@ -21,7 +21,9 @@ from demo.config import DemoConfig
 from demo.layout import SeedLayout
 from demo.scenes import write_training_scenes
 
-EVAL_SPLITS = ("heldout", "in_dist")
+def eval_splits(cfg: DemoConfig) -> tuple[str, str]:
+    """The splits a run scores: its OOD split (validation or heldout) and the training distribution."""
+    return cfg.scenes.ood_split, "in_dist"
 
 
 def plan(layout: SeedLayout) -> dict:
@@ -30,16 +32,17 @@ def plan(layout: SeedLayout) -> dict:
 
 def score(layout: SeedLayout, cfg: DemoConfig, name: str, pushgateway: str | None, run: str) -> None:
     """eval_job on both splits, in this process (its own entry point and arguments): every checkpoint
-    on the held-out split (the accuracy curve), the final model only in distribution."""
+    on the OOD split (the accuracy curve), the final model only in distribution."""
     from eval_job.cli import main as eval_main
 
-    data = {"heldout": layout.scenes.eval_ood, "in_dist": layout.scenes.eval_id}
-    for split in EVAL_SPLITS:
+    ood = cfg.scenes.ood_split
+    data = {ood: layout.scenes.ood(ood), "in_dist": layout.scenes.eval_id}
+    for split in eval_splits(cfg):
         argv = ["--model", str(layout.model(name)), "--data", str(data[split]), "--out", str(layout.eval(name, split)),
                 "--prompt", ",".join(cfg.eval_prompts), "--benchmark", split,
                 "--batch-size", str(cfg.eval_batch_size), "--max-new-tokens", str(cfg.eval_max_new_tokens)]
         ckpts = layout.checkpoints(name)
-        if split == "heldout" and ckpts is not None:
+        if split == ood and ckpts is not None:
             argv += ["--checkpoints", str(ckpts)]
         if pushgateway:
             # The run label names seed, model and split: a push replaces its whole {run, checkpoint} group.
@@ -73,10 +76,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(cfg.threads)
     if args.stage == "start":
+        from demo.sft import instruct_rows
         from demo.start import build_start_model
 
         scenes = write_training_scenes(layout.scenes.root, cfg.scenes)
-        info = build_start_model(scenes.warmup, scenes.dev, layout.start, layout.start_init, cfg.model, cfg.warmup,
+        rows = instruct_rows(scenes.instruct, scenes.warmup, cfg.warmup.seed, cfg.arm)
+        info = build_start_model(rows, scenes.dev, layout.start, layout.start_init, cfg.model, cfg.warmup,
                                  cfg.rule, model_seed=cfg.seed)
         print(json.dumps({"stopped_at": info["stopped_at"], "checks": info["checks"][-1:]}))
     elif args.stage == "controls":

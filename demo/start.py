@@ -1,5 +1,6 @@
-"""The start model ("Instruct"): a random-init tiny Qwen2-VL warmed up until a rule on
-training-distribution data says it counts.
+"""The start model ("Instruct"): a random-init tiny Qwen2-VL trained on broad non-counting rows
+mixed with counting rows (demo.sft.instruct_rows) until a rule on training-distribution data says
+it counts.
 
 The rule sees only the dev split, drawn like the warm-up scenes (CLEVR-like): every `every`
 optimizer steps the live model answers the dev questions greedily under R1-V's eval prompt, and the
@@ -81,16 +82,17 @@ class DevCheck(TrainerCallback):
         return control
 
 
-def build_start_model(warmup_jsonl: Path, dev_jsonl: Path, out: Path, init: Path, size, settings, rule: StartRule,
+def build_start_model(rows: list[dict], dev_jsonl: Path, out: Path, init: Path, size, settings, rule: StartRule,
                       model_seed: int = 0) -> dict:
-    """Random-init tiny Qwen2-VL (`init`) warmed up on the warm-up rows into `out` until `rule` stops
-    it; writes and returns out/start_rule.json (the rule, every check, the step it stopped at)."""
-    from demo.sft import sft, warmup_rows
+    """Random-init tiny Qwen2-VL (`init`) trained on `rows` (demo.sft.instruct_rows) into `out` until
+    `rule` stops it; writes and returns out/start_rule.json (the rule, every check, the step it
+    stopped at)."""
+    from demo.sft import sft
     from r1v_job.tiny import save_tiny_model
 
     save_tiny_model(init, seed=model_seed, **size.kwargs())
     check = DevCheck(dev_jsonl, rule)
-    sft(init, warmup_rows(warmup_jsonl, settings.seed), out, settings,
+    sft(init, rows, out, settings,
         save_steps=rule.every if not rule.stop else None, callbacks=[check])
     steps = json.loads((out / "sft_log.json").read_text())
     last = max((e.get("step", 0) for e in steps), default=0)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,8 +86,33 @@ def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float,
         w = r / 2.5
         draw.rectangle([cx - r, cy - w, cx + r, cy + w], fill=colour)
         draw.rectangle([cx - w, cy - r, cx + w, cy + r], fill=colour)
+    elif shape in _POLYGONS:
+        draw.polygon([(cx + r * x, cy + r * y) for x, y in _POLYGONS[shape]], fill=colour)
+    elif shape == "semicircle":  # the upper half of a disc
+        draw.pieslice([cx - r, cy - r * 0.5, cx + r, cy + r * 1.5], 180, 360, fill=colour)
+    elif shape == "ring":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=max(2, round(r / 2.5)))
     else:
         raise ValueError(f"unknown shape {shape!r}")
+
+
+def _regular(sides: int, inner: float = 1.0) -> tuple[tuple[float, float], ...]:
+    """A regular polygon (or, with `inner` < 1, a star of `sides` points) in the unit circle, one
+    corner up."""
+    corners = sides * (2 if inner < 1 else 1)
+    return tuple(((inner if inner < 1 and k % 2 else 1.0) * math.sin(2 * math.pi * k / corners),
+                  -(inner if inner < 1 and k % 2 else 1.0) * math.cos(2 * math.pi * k / corners))
+                 for k in range(corners))
+
+
+# Outlines in units of the radius, centred on the object.
+_POLYGONS = {
+    "pentagon": _regular(5),
+    "hexagon": _regular(6),
+    "star": _regular(5, inner=0.45),
+    "trapezoid": ((-1.0, 0.7), (1.0, 0.7), (0.5, -0.7), (-0.5, -0.7)),
+}
+SHAPES = ("cube", "sphere", "cylinder", "triangle", "diamond", "cross", "semicircle", "ring", *_POLYGONS)
 
 
 # Colour names for scene descriptions, as CLEVR's scene files name colours.
@@ -95,7 +121,12 @@ COLOUR_NAMES = {
     (129, 74, 25): "brown", (129, 38, 192): "purple", (41, 208, 208): "cyan", (255, 238, 51): "yellow",
     (255, 140, 0): "orange", (255, 105, 180): "pink", (245, 245, 245): "white", (20, 20, 20): "black",
     (0, 128, 128): "teal",
+    # Colours of the demo's other scene families (demo/scenes.py).
+    (20, 30, 110): "navy", (195, 176, 110): "khaki", (150, 225, 175): "mint", (135, 190, 235): "sky",
+    (50, 205, 50): "lime", (250, 128, 114): "salmon", (190, 170, 230): "lavender", (128, 128, 0): "olive",
+    (128, 0, 0): "maroon",
 }
+COLOURS = {name: rgb for rgb, name in COLOUR_NAMES.items()}
 
 
 def draw_described_scene(style: SceneStyle, count: int, size: int | tuple[int, int],
@@ -208,6 +239,47 @@ def write_superclevr_eval(out: str | Path, n: int, size: int = 112, seed: int = 
     out = Path(out)
     return write_jsonl(out / "questions.jsonl", (eval_row(rel, count, question)
                                                  for rel, count in write_split(out, style, n, size, seed)))
+
+
+# Questions that are not about counting, over a scene's objects: the broad "Instruct" rows of the
+# demo's pretraining (demo/sft.py), in the CLEVR-70k schema with a word or a list as the answer.
+INSTRUCT_TASKS = {"shape": "Is there a {}?", "colour": "Is there a {} object?", "describe": "Describe the objects."}
+
+
+def reading_order(objects: list[dict], cell: int = 0) -> list[dict]:
+    """Objects top to bottom, left to right; with cell placement, by row of cells, then by x."""
+    return sorted(objects, key=lambda o: ((o["y"] // cell) if cell else o["y"], o["x"]))
+
+
+def instruct_row(image: str, objects: list[dict], style: SceneStyle, task: str, rng: random.Random) -> dict:
+    """One non-counting question about a scene: "Is there a SHAPE?" / "Is there a COLOUR object?"
+    (yes or no, half each where the family allows) or "Describe the objects." (colour and shape of
+    each, in reading order)."""
+    if task == "describe":
+        answer = ", ".join(f"{o['colour']} {o['shape']}" for o in reading_order(objects, style.cell))
+        return {"image": image, "problem": INSTRUCT_TASKS[task], "solution": f"<answer> {answer} </answer>",
+                "task": task}
+    key, family = ("shape", list(style.shapes)) if task == "shape" else \
+        ("colour", [COLOUR_NAMES[c] for c in style.colours])
+    present = sorted({o[key] for o in objects})
+    absent = [v for v in family if v not in present]
+    if absent and rng.random() < 0.5:
+        value, answer = rng.choice(absent), "no"
+    else:
+        value, answer = rng.choice(present), "yes"
+    return {"image": image, "problem": INSTRUCT_TASKS[task].format(value), "solution": f"<answer> {answer} </answer>",
+            "task": task}
+
+
+def write_instruct_train(out: str | Path, n: int, size: int = 112, seed: int = 0, style: SceneStyle = CLEVR_STYLE,
+                         weights: tuple[float, float, float] = (0.35, 0.35, 0.30)) -> Path:
+    """`n` scenes of `style`, one non-counting question each (INSTRUCT_TASKS, drawn with `weights`),
+    in the CLEVR-70k schema plus the row's `task`. Returns the jsonl path."""
+    out = Path(out)
+    rng = random.Random(f"instruct-{style.name}-{seed}")
+    rows = [instruct_row(rel, objects, style, rng.choices(list(INSTRUCT_TASKS), weights=weights)[0], rng)
+            for rel, objects in write_described_split(out, style, n, size, seed)]
+    return write_jsonl(out / "train.jsonl", rows)
 
 
 def _range(text: str) -> tuple[int, int]:
