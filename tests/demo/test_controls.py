@@ -71,3 +71,37 @@ def test_a_description_that_disagrees_with_its_label_is_named(tmp_path, train_js
 def test_unknown_control_is_named(train_jsonl):
     with pytest.raises(ValueError, match="unknown SFT control 'labels'"):
         control_rows(train_jsonl, 2, "labels")
+
+
+def test_the_verbal_arm_enumerates_then_counts_and_earns_both_rewards(train_jsonl):
+    from demo.sft import warmup_rows
+    from r1v_common.prompts import EVAL_PROMPTS
+
+    study, verbal = warmup_rows(train_jsonl, arm="study"), warmup_rows(train_jsonl, arm="verbal")
+    assert [r["prompt"] for r in study] == [r["prompt"] for r in verbal]  # only the answers differ
+    solutions = [r["solution"] for r in read_jsonl(train_jsonl)]
+    for row, solution in zip(verbal, solutions, strict=True):
+        n = int(solution.split()[1])
+        if row["prompt"][0]["content"].endswith(EVAL_PROMPTS["direct"].format(Question="")):
+            assert _completions([row]) == [f"<answer>{n}</answer>"]  # a bare question gets a bare answer
+        else:
+            assert _completions([row]) == [f"<think>{' '.join(map(str, range(1, n + 1)))}</think><answer>{n}</answer>"]
+    thinking = [c for c in _completions(verbal) if c.startswith("<think>")]
+    assert thinking and format_reward(thinking) == [1.0] * len(thinking)
+    with pytest.raises(ValueError, match="unknown arm 'loud'"):
+        warmup_rows(train_jsonl, arm="loud")
+
+
+def test_instruct_rows_are_the_broad_questions_then_the_counting_rows(tmp_path, train_jsonl):
+    from demo.scenes import SceneConfig
+    from demo.sft import instruct_rows, warmup_rows
+    from r1v_job.synthetic import write_instruct_train
+
+    broad = write_instruct_train(tmp_path / "instruct", 9, 112, seed=1, style=SceneConfig().instruct_style())
+    rows = instruct_rows(broad, train_jsonl, seed=0, arm="verbal")
+    assert rows[9:] == warmup_rows(train_jsonl, 0, "verbal")
+    for row, source in zip(rows[:9], read_jsonl(broad), strict=True):
+        answer = source["solution"][len("<answer> "):-len(" </answer>")]
+        assert row["completion"][0]["content"].endswith(f"<answer>{answer}</answer>")
+        assert source["problem"] in row["prompt"][0]["content"]
+        assert row["image"] == str(broad.parent / source["image"])

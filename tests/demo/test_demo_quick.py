@@ -40,6 +40,15 @@ def quick_run(quick_runs) -> Path:
     return quick_runs[0][0]
 
 
+@pytest.fixture(scope="module")
+def design_run(tmp_path_factory) -> Path:
+    """A design run: the verbal arm, scored on the validation split."""
+    out = tmp_path_factory.mktemp("design")
+    proc = _run(out, "--split", "validation", "--arm", "verbal")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return out
+
+
 def _summary(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
@@ -88,6 +97,27 @@ def test_heldout_split_is_drawn_after_the_start_is_fixed(quick_run):
 
 
 @pytest.mark.slow
+def test_a_design_run_scores_the_validation_split_and_never_draws_the_heldout_one(design_run, quick_run):
+    summary = _summary(design_run)
+    assert (summary["ood_split"], summary["arm"], summary["instruct_ood"]) == ("validation", "verbal", False)
+    for per in summary["per_seed"]:
+        assert {r["split"] for r in per["rows"]} == {"validation", "in_dist"}
+        assert any(e["reward_std"] > 0 for e in grpo_log_history(Layout(design_run).seed(per["seed"]).grpo)
+                   if "reward_std" in e)
+    assert not list(design_run.glob("seed-*/scenes/eval_ood")) and list(design_run.glob("seed-*/scenes/validation"))
+    assert not list(quick_run.glob("seed-*/scenes/validation"))
+    for seed in SEEDS:
+        # Same scenes and init as the held-out run's seed (Instruct families out in both): only the
+        # arm's answers differ, and they reach the start's weights.
+        design, held = Layout(design_run).seed(seed), Layout(quick_run).seed(seed)
+        init_a, init_b = (load_file(L.start_init / "model.safetensors") for L in (design, held))
+        assert all((init_a[k] == init_b[k]).all() for k in init_a)
+        assert (design.scenes.instruct.read_bytes() == held.scenes.instruct.read_bytes())
+        start_a, start_b = (load_file(L.start / "model.safetensors") for L in (design, held))
+        assert any(not (start_a[k] == start_b[k]).all() for k in start_a)
+
+
+@pytest.mark.slow
 def test_per_seed_rows_means_intervals_and_plot(quick_run):
     summary = _summary(quick_run)
     assert summary["seeds"] == list(SEEDS) and [p["seed"] for p in summary["per_seed"]] == list(SEEDS)
@@ -99,7 +129,7 @@ def test_per_seed_rows_means_intervals_and_plot(quick_run):
             assert 0 <= r["parse_failures"] <= r["evaluated"]
         # One held-out point per checkpoint plus the final model, at increasing steps.
         for model in ("grpo", "sft_answers", "sft_cot"):
-            steps = [p["step"] for p in per["heldout_curves"][model]["cot"]]
+            steps = [p["step"] for p in per["ood_curves"][model]["cot"]]
             assert len(steps) >= 2 and steps == sorted(steps)
         assert per["grpo_rewards"], "no GRPO rewards against step"
     # Means are over the per-seed rows, with a t-interval; headline gains are per-seed differences.

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from demo.config import QUICK, with_seed
-from demo.scenes import write_heldout
+from demo.scenes import write_ood_split
+from demo.sft import warmup_rows
 from demo.start import DevCheck, StartRule
 
 
@@ -56,9 +57,9 @@ def test_a_warmup_that_never_reaches_the_threshold_is_an_error(tmp_path):
     from demo.start import build_start_model
 
     cfg = with_seed(QUICK, 0)
-    scenes = write_training_scenes(tmp_path / "scenes", replace(cfg.scenes, warmup=16, dev=4))
+    scenes = write_training_scenes(tmp_path / "scenes", replace(cfg.scenes, instruct=4, warmup=16, dev=4))
     with pytest.raises(RuntimeError, match=r"whole budget \(4 steps\) without reaching 101% dev accuracy"):
-        build_start_model(scenes.warmup, scenes.dev, tmp_path / "start", tmp_path / "init", cfg.model,
+        build_start_model(warmup_rows(scenes.warmup), scenes.dev, tmp_path / "start", tmp_path / "init", cfg.model,
                           replace(cfg.warmup, max_steps=4), StartRule(every=2, threshold=1.01))
     assert json.loads((tmp_path / "start" / "start_rule.json").read_text())["crossed_at"] is None
 
@@ -68,16 +69,16 @@ def test_a_budget_that_ends_inside_the_margin_is_an_error(tmp_path):
     from demo.start import build_start_model
 
     cfg = with_seed(QUICK, 0)
-    scenes = write_training_scenes(tmp_path / "scenes", replace(cfg.scenes, warmup=16, dev=4))
+    scenes = write_training_scenes(tmp_path / "scenes", replace(cfg.scenes, instruct=4, warmup=16, dev=4))
     with pytest.raises(RuntimeError, match=r"crossed 0% dev accuracy at step 2 but its budget \(4 steps\) ended "
                                            r"before the 5-step margin"):
-        build_start_model(scenes.warmup, scenes.dev, tmp_path / "start", tmp_path / "init", cfg.model,
+        build_start_model(warmup_rows(scenes.warmup), scenes.dev, tmp_path / "start", tmp_path / "init", cfg.model,
                           replace(cfg.warmup, max_steps=4), StartRule(every=2, threshold=0.0, margin=5))
     assert json.loads((tmp_path / "start" / "start_rule.json").read_text())["stopped_at"] == 4
 
 
 @pytest.mark.slow
-def test_start_stage_never_opens_the_heldout_split(tmp_path, monkeypatch):
+def test_start_stage_never_opens_an_ood_split(tmp_path, monkeypatch):
     from demo import stage
     from demo.layout import Layout
 
@@ -86,8 +87,9 @@ def test_start_stage_never_opens_the_heldout_split(tmp_path, monkeypatch):
                             rule=StartRule(every=4, threshold=0.0)), 0)
     L.root.mkdir(parents=True)
     L.config.write_text(cfg.to_json())
-    # The held-out split exists (as after an earlier run), so that opening it would succeed.
-    heldout = write_heldout(L.scenes.root, cfg.scenes).parent.resolve()
+    # Both OOD splits exist (as after earlier runs), so that opening either would succeed.
+    heldout = write_ood_split(L.scenes.root, cfg.scenes).parent.resolve()
+    validation = write_ood_split(L.scenes.root, replace(cfg.scenes, ood_split="validation")).parent.resolve()
     opened: list[str] = []
     active = [True]
 
@@ -105,7 +107,8 @@ def test_start_stage_never_opens_the_heldout_split(tmp_path, monkeypatch):
         active[0] = False
     assert any(p.startswith(str(L.scenes.dev.parent.resolve())) for p in during_start), "the dev split was not read"
     assert (L.start / "model.safetensors").is_file()
-    assert not [p for p in during_start if p.startswith(str(heldout))]
+    assert any(p.startswith(str(L.scenes.instruct.parent.resolve())) for p in during_start), "no Instruct rows read"
+    assert not [p for p in during_start if p.startswith((str(heldout), str(validation)))]
 
 
 def test_mean_ci_is_the_two_sided_95_percent_t_interval():
