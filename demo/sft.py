@@ -37,8 +37,11 @@ ARMS = ("study", "verbal")
 # A bare question ("... Answer: ", R1-V's direct prompt) gets a bare tagged answer, as an
 # Instruct model answers a bare question without explaining itself.
 ANSWER_ONLY = "<answer>{n}</answer>"
-# The thinking of the non-counting Instruct rows: one short sentence, as for counting.
-INSTRUCT_THINK = "<think>I look at the objects.</think><answer>{answer}</answer>"
+# The thinking of the non-counting Instruct rows: one short sentence, as for counting. It must not
+# begin as the CoT teacher's traces do ("<think>I see ..."): with "I look at the objects." the CoT-SFT
+# control slid from "<think>I" into this row's answer ("yes") on counting questions, in
+# distribution too (docs/demo.md, "Design choices").
+INSTRUCT_THINK = "<think>Looking at the objects.</think><answer>{answer}</answer>"
 
 CONTROL_KINDS = ("answers", "cot")
 _COUNT = re.compile(r"\d+")
