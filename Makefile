@@ -33,9 +33,10 @@ test: setup tools
 smoke: setup
 	$(PY) -m r1v_job --config recipes/smoke_cpu.yaml
 
-# Miniature R1-V on 2 CPU cores, three seeds (its time: docs/demo.md, "Timing"): warm-up
-# SFT until the dev split counts and 100 steps more, GRPO via r1v_job, two SFT controls, eval_job scores, table (means and
-# 95% intervals) and plot in runs/demo/. PUSHGATEWAY=http://host:9091 also pushes the scores.
+# Miniature R1-V on 2 CPU cores, three seeds (its time: docs/demo.md, "Timing"): a broad "Instruct"
+# start, GRPO via r1v_job, two SFT controls on the same rows, eval_job scores on the held-out split,
+# table (means and 95% intervals), the two findings and a plot in runs/demo/.
+# PUSHGATEWAY=http://host:9091 also pushes the scores.
 demo: setup
 	$(PY) -m demo --out runs/demo $(if $(PUSHGATEWAY),--pushgateway $(PUSHGATEWAY))
 

@@ -28,8 +28,10 @@ class DemoConfig:
     # just arrived at the crossing).
     rule: StartRule = StartRule(every=100, margin=100)
     # The start's answer format: "study" (<think>There are N objects.</think>) or "verbal" (the
-    # thinking enumerates the objects, 1 2 ... N); chosen on the validation split (docs/demo.md).
-    arm: str = "study"
+    # thinking enumerates the objects, 1 2 ... N). "verbal", by demo/design.py's arm rule on the
+    # validation split (docs/demo.md, "Design choices"), as SceneConfig.instruct_ood = False by its
+    # pretraining rule.
+    arm: str = "verbal"
     # The controls' optimizer settings; their learning rate, schedule, batch of prompts and number of
     # steps are GRPO's (see stage.control_settings), so that only the learning signal differs.
     control: SFTSettings = SFTSettings(warmup_ratio=0.0)

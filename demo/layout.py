@@ -4,11 +4,12 @@
       summary.json, summary.txt, demo_plot.png     the report over all seeds
       seed-N/
         config.json                                the settings this seed ran with
-        scenes/{warmup,dev,train,eval_id,eval_ood}  demo/scenes.py
-        models/start, models/start-init            the warmed-up start and its random init
+        scenes/{instruct,warmup,dev,train,eval_id}  demo/scenes.py, and the one OOD split the run scores:
+        scenes/validation or scenes/eval_ood         (design runs: validation; the demo: eval_ood)
+        models/start, models/start-init            the Instruct start and its random init
         models/sft_answers, models/sft_cot         the SFT controls (checkpoints in _trainer/)
         grpo/                                      the trainer's output_dir (checkpoints, final model)
-        eval/MODEL/{heldout,in_dist}/              eval_job's --out (scores.json, results)
+        eval/MODEL/{heldout|validation,in_dist}/   eval_job's --out (scores.json, results)
         logs/STAGE.log                             each stage's full output
 """
 

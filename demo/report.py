@@ -17,7 +17,7 @@ from r1v_job.synthetic import read_jsonl
 
 logger = logging.getLogger(__name__)
 
-MODELS = {"start": "start (warmed up)", "sft_answers": "SFT on answers", "sft_cot": "CoT-SFT (teacher traces)",
+MODELS = {"start": "start (Instruct)", "sft_answers": "SFT on answers", "sft_cot": "CoT-SFT (teacher traces)",
           "grpo": "GRPO"}
 CONTROL_MODELS = ("sft_answers", "sft_cot")
 EVAL_SPLIT_LABELS = {"heldout": "held-out (SuperCLEVR-like)", "validation": "validation (design runs)",
@@ -232,13 +232,34 @@ def plot(summary: dict, path: Path) -> Path:
     return path
 
 
+def _shown(stat: dict) -> bool:
+    return stat["ci95"] is not None and stat["ci95"][0] > 0
+
+
+def findings(summary: dict) -> list[str]:
+    """R1-V's two findings, each in one sentence: shown (mean gain with its 95% interval above 0) or
+    not, with the figures (`cot`, the scored OOD split)."""
+    head = next((h for h in summary["headline"] if h["prompt"] == "cot"), None)
+    if head is None:
+        return []
+    split = EVAL_SPLIT_LABELS[summary["ood_split"]]
+    over_start, over_sft = head["grpo_minus_start_points"], head["grpo_minus_sft_answers_points"]
+    return [
+        f"GRPO above its start on the {split} split (R1-V's headline): "
+        f"{'shown' if _shown(over_start) else 'not shown'}, {_interval(over_start, signed=True)} points.",
+        f"GRPO above SFT on the same rows there (R1-V's RL-vs-SFT finding): "
+        f"{'shown' if _shown(over_sft) else 'not shown'}, {_interval(over_sft, signed=True)} points.",
+    ]
+
+
 def write_report(summary: dict, layout: Layout, echo=print) -> None:
-    text = table(summary) + "\n\n" + "\n".join(headline_lines(summary))
+    summary["findings"] = findings(summary)
+    text = table(summary) + "\n\n" + "\n".join(headline_lines(summary) + [""] + summary["findings"])
     layout.summary_json.write_text(json.dumps(summary, indent=2) + "\n")
     layout.summary_txt.write_text(text + "\n")
     plot(summary, layout.plot)
     echo("\n" + text + "\n")
-    echo(f"warm-up, per seed: dev crossed the threshold at steps {summary['start_crossed_at']}, "
+    echo(f"Instruct stage, per seed: dev crossed the threshold at steps {summary['start_crossed_at']}, "
          f"stopped at {summary['start_stopped_at']}")
     echo(f"summary: {layout.summary_json}, {layout.summary_txt}; plot: {layout.plot}")
 

@@ -159,7 +159,7 @@ def test_terminal_shows_stages_and_the_table_while_trainer_output_goes_to_stage_
     for seed in SEEDS:
         for stage in ("start", "grpo", "controls", "score_grpo"):
             assert f"seed {seed} {stage}: started" in stdout and f"seed {seed} {stage}: done in" in stdout
-    assert "GRPO minus" in stdout and "95% CI" in stdout
+    assert "GRPO minus" in stdout and "95% CI" in stdout and "(R1-V's RL-vs-SFT finding): " in stdout
     assert "'loss'" not in stdout and "Writing model shards" not in stdout
     logs = "".join(p.read_text() for p in out.glob("seed-*/logs/*.log"))
     assert "'loss'" in logs and "step 4/4" in logs

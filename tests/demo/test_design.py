@@ -55,3 +55,19 @@ def test_the_rules_read_validation_runs_and_refuse_a_heldout_one(tmp_path, capsy
 def test_a_missing_run_is_named(tmp_path, capsys, rule):
     assert main([rule, str(tmp_path / "nowhere"), str(tmp_path / "nowhere")]) == 2
     assert "nowhere/summary.json" in capsys.readouterr().err
+
+
+def test_the_findings_say_shown_only_with_the_interval_above_zero():
+    from demo.report import findings
+
+    def summary(start, sft):
+        return {"ood_split": "heldout", "headline": [
+            {"prompt": "cot", "grpo_minus_start_points": _stat(*start), "grpo_minus_sft_answers_points": _stat(*sft),
+             "grpo_minus_sft_cot_points": _stat(0, -1, 1)}]}
+
+    first, second = findings(summary((4.0, -2.0, 10.0), (19.1, 6.3, 31.9)))
+    assert first == ("GRPO above its start on the held-out (SuperCLEVR-like) split (R1-V's headline): not shown, "
+                     "+4.0 [-2.0, +10.0] points.")
+    assert second.startswith("GRPO above SFT on the same rows there (R1-V's RL-vs-SFT finding): shown, +19.1 [+6.3, ")
+    assert findings(summary((12.0, 0.5, 23.5), (1.0, -3.0, 5.0)))[0].endswith("shown, +12.0 [+0.5, +23.5] points.")
+    assert ": not shown, +1.0" in findings(summary((12.0, 0.5, 23.5), (1.0, -3.0, 5.0)))[1]
