@@ -42,9 +42,9 @@ def quick_run(quick_runs) -> Path:
 
 @pytest.fixture(scope="module")
 def design_run(tmp_path_factory) -> Path:
-    """A design run: the verbal arm, scored on the validation split."""
+    """A design run: the study arm (the demo's is verbal), scored on the validation split."""
     out = tmp_path_factory.mktemp("design")
-    proc = _run(out, "--split", "validation", "--arm", "verbal")
+    proc = _run(out, "--split", "validation", "--arm", "study")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out
 
@@ -99,7 +99,7 @@ def test_heldout_split_is_drawn_after_the_start_is_fixed(quick_run):
 @pytest.mark.slow
 def test_a_design_run_scores_the_validation_split_and_never_draws_the_heldout_one(design_run, quick_run):
     summary = _summary(design_run)
-    assert (summary["ood_split"], summary["arm"], summary["instruct_ood"]) == ("validation", "verbal", False)
+    assert (summary["ood_split"], summary["arm"], summary["instruct_ood"]) == ("validation", "study", False)
     for per in summary["per_seed"]:
         assert {r["split"] for r in per["rows"]} == {"validation", "in_dist"}
         assert any(e["reward_std"] > 0 for e in grpo_log_history(Layout(design_run).seed(per["seed"]).grpo)
