@@ -127,7 +127,7 @@ def _done(layout: SeedLayout, stage: Stage) -> bool:
 
 
 _GRPO_STEP = re.compile(r"step (\d+)/(\d+) \| reward ([\d.]+)")
-_WARMUP_STEP = re.compile(r"warm-up step (\d+): dev accuracy \(\w+\) ([\d.]+)%")
+_START_STEP = re.compile(r"Instruct step (\d+): dev accuracy \(\w+\) ([\d.]+)%")
 
 
 def _last(pattern: re.Pattern, text: str):
@@ -141,8 +141,8 @@ def grpo_progress(text: str) -> str:
 
 
 def start_progress(text: str) -> str:
-    m = _last(_WARMUP_STEP, text)
-    return f"warm-up step {m[0]}, dev {m[1]}%" if m else "drawing scenes / warming up"
+    m = _last(_START_STEP, text)
+    return f"Instruct step {m[0]}, dev {m[1]}%" if m else "drawing scenes / starting"
 
 
 def eval_progress(text: str) -> str:

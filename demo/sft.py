@@ -1,9 +1,11 @@
-"""Supervised training with TRL's SFTTrainer: the warm-up that makes the start model, and the SFT
-controls that train the start on the very rows GRPO trained on.
+"""Supervised training with TRL's SFTTrainer: the Instruct stage that makes the start model, and the
+SFT controls that train the start on the very rows GRPO trained on.
 
-The warm-up teaches a random-init tiny Qwen2-VL (r1v_job.tiny) R1-V's answer format and counting,
-so that it plays Qwen2-VL-2B-Instruct: <think>...</think><answer>N</answer> under R1-V's prompts,
-a bare <answer>N</answer> under the direct one. When it stops is demo/start.py's rule.
+The Instruct stage teaches a random-init tiny Qwen2-VL (r1v_job.tiny) to look at many kinds of
+objects (non-counting questions over a broad family of shapes and colours) and R1-V's answer format
+and counting, so that it plays Qwen2-VL-2B-Instruct: <think>...</think><answer>N</answer> under
+R1-V's prompts (the thinking per the arm), a bare <answer>N</answer> under the direct one. When it
+stops is demo/start.py's rule.
 
 The controls ("more SFT instead of RL"):
 - "answers": the dataset's own `solution` text (CLEVR-70k: "<answer> 3 </answer>"), all a

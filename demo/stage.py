@@ -1,6 +1,6 @@
 """One stage of one seed, in its own process (demo/pipeline.py starts them):
 
-    python -m demo.stage start SEED_DIR              scenes, then the warm-up until the start rule stops it
+    python -m demo.stage start SEED_DIR              scenes, then the Instruct stage until the start rule stops it
     python -m demo.stage controls SEED_DIR           both SFT controls, then the scores of start and controls
     python -m demo.stage score SEED_DIR --model grpo the scores of a trained model
 

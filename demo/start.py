@@ -70,7 +70,7 @@ class DevCheck(TrainerCallback):
         if self.crossed_at is None and step % self.rule.every == 0:
             acc = self.accuracy(model, processing_class)
             self.checks.append({"step": step, "dev_accuracy": acc})
-            logger.info("warm-up step %d: dev accuracy (%s) %.1f%%", step, self.rule.prompt, 100 * acc)
+            logger.info("Instruct step %d: dev accuracy (%s) %.1f%%", step, self.rule.prompt, 100 * acc)
             if acc >= self.rule.threshold:
                 self.crossed_at = step
         elif not self.rule.stop and step % self.rule.every == 0:
