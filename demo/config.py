@@ -21,8 +21,8 @@ class DemoConfig:
     scenes: SceneConfig = SceneConfig()
     model: ModelSize = ModelSize()
     # The Instruct stage's budget (and the horizon of its linear schedule); demo/start.py's rule ends
-    # it earlier. 1000 (the design study's) was too short: a seed's dev accuracy was 52% at step 800
-    # (docs/demo.md, "Design choices"), so 1500.
+    # it earlier. Room for the latest dev crossings seen (step 1,200 in the design runs, docs/demo.md)
+    # plus the margin.
     warmup: SFTSettings = SFTSettings(max_steps=1500)
     # Dev checked every 100 steps; 100 steps trained past the crossing (the counting skill has only
     # just arrived at the crossing).

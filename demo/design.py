@@ -21,6 +21,8 @@ import json
 import sys
 from pathlib import Path
 
+from demo.report import above_zero, interval
+
 TARGET_POINTS = 10.0
 
 
@@ -35,7 +37,7 @@ def gains(out: Path) -> dict:
 
 
 def _clear(stat: dict, points: float = 0.0) -> bool:
-    return stat["mean"] >= points and stat["ci95"] is not None and stat["ci95"][0] > 0
+    return stat["mean"] >= points and above_zero(stat)
 
 
 def choose_pretraining(out_run: dict, in_run: dict) -> str:
@@ -55,11 +57,8 @@ def choose_arm(study: dict, verbal: dict) -> str:
 
 
 def _line(name: str, run: dict) -> str:
-    def fmt(s):
-        lo, hi = s["ci95"] or (s["mean"], s["mean"])
-        return f"{s['mean']:+.1f} [{lo:+.1f}, {hi:+.1f}]"
-    return (f"{name}: GRPO minus SFT on answers {fmt(run['sft_answers'])}, minus start {fmt(run['start'])}, "
-            f"minus CoT-SFT {fmt(run['sft_cot'])}")
+    return (f"{name}: GRPO minus SFT on answers {interval(run['sft_answers'], signed=True)}, minus start "
+            f"{interval(run['start'], signed=True)}, minus CoT-SFT {interval(run['sft_cot'], signed=True)}")
 
 
 def main(argv: list[str] | None = None) -> int:

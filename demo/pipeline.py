@@ -3,8 +3,8 @@
 Per seed: training scenes -> the Instruct stage until the start rule (demo/start.py) -> the OOD
 split this run scores (validation for design runs, held-out for the demo) ->
 GRPO (`python -m r1v_job --config recipes/demo_cpu.yaml ...`) beside the two SFT controls on the rows
-GRPO trains on -> held-out and in-distribution scores (eval_job, cot and direct prompts, every
-checkpoint on the held-out split). Then the report over seeds (demo/report.py).
+GRPO trains on -> OOD and in-distribution scores (eval_job, cot and direct prompts, every
+checkpoint on the OOD split). Then the report over seeds (demo/report.py).
 
 Every stage runs in its own process, at most `workers` at a time (one per core), each with
 `threads` intra-op threads; their output goes to SEED_DIR/logs/STAGE.log and the terminal shows one

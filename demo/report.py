@@ -126,17 +126,20 @@ def build_summary(layout: Layout, cfg, plan: dict) -> dict:
                          **{f"grpo_minus_{m}_points": mean_ci([h[f"grpo_minus_{m}_points"] for h in per])
                                               for m in MODELS if m != "grpo"}})
     in_dist = [_score(p["rows"], m, "in_dist", "cot") for p in per_seed for m in ("start", "grpo")]
-    return {"seeds": list(cfg.seeds), "prompts": list(cfg.eval_prompts), "ood_split": ood, "arm": cfg.arm,
-            "instruct_ood": cfg.scenes.instruct_ood, "plan": plan, "per_seed": per_seed,
-            "means": means, "headline": headline,
-            "start_stopped_at": [p["start"]["stopped_at"] for p in per_seed],
-            "start_crossed_at": [p["start"]["crossed_at"] for p in per_seed],
-            "grpo_minus_start_in_dist_cot_points": mean_ci(
-                [100 * (g["accuracy"] - s["accuracy"]) for s, g in zip(in_dist[::2], in_dist[1::2])])
-            if None not in in_dist else None}
+    summary = {"seeds": list(cfg.seeds), "prompts": list(cfg.eval_prompts), "ood_split": ood, "arm": cfg.arm,
+               "instruct_ood": cfg.scenes.instruct_ood, "plan": plan, "per_seed": per_seed,
+               "means": means, "headline": headline,
+               "start_stopped_at": [p["start"]["stopped_at"] for p in per_seed],
+               "start_crossed_at": [p["start"]["crossed_at"] for p in per_seed],
+               "grpo_minus_start_in_dist_cot_points": mean_ci(
+                   [100 * (g["accuracy"] - s["accuracy"]) for s, g in zip(in_dist[::2], in_dist[1::2])])
+               if None not in in_dist else None}
+    summary["findings"] = findings(summary)
+    return summary
 
 
-def _interval(stat: dict, signed: bool = False) -> str:
+def interval(stat: dict, signed: bool = False) -> str:
+    """`mean [lo, hi]` of a mean_ci() result (the mean alone without an interval)."""
     sign = "+" if signed else ""
     if stat["ci95"] is None:
         return f"{stat['mean']:{sign}.1f}"
@@ -162,7 +165,7 @@ def table(summary: dict) -> str:
                     cells += f" | {'n/a':<{width}} {'':>6}"
                     continue
                 seeds = " ".join(f"{v:5.1f}" for v in m["accuracy"]["values"])
-                cells += f" | {_interval(m['accuracy']) + '; ' + seeds:<{width}} {100 * m['format_rate']:5.0f}%"
+                cells += f" | {interval(m['accuracy']) + '; ' + seeds:<{width}} {100 * m['format_rate']:5.0f}%"
             lines.append(f"{label:<25} {SHORT_LABELS[split]:<9}{cells}")
     return "\n".join(lines)
 
@@ -175,12 +178,12 @@ def headline_lines(summary: dict) -> list[str]:
             if m == "grpo":
                 continue
             stat = h[f"grpo_minus_{m}_points"]
-            parts.append(f"{MODELS[m]} {_interval(stat, signed=True)}")
+            parts.append(f"{MODELS[m]} {interval(stat, signed=True)}")
         lines.append(f"{SHORT_LABELS[summary['ood_split']]} ({h['prompt']}), GRPO minus: " + "; ".join(parts) +
                      f" points (mean [95% CI] over {len(summary['seeds'])} seeds)")
     ind = summary.get("grpo_minus_start_in_dist_cot_points")
     if ind:
-        lines.append(f"in-distribution (cot), GRPO minus start: {_interval(ind, signed=True)} points")
+        lines.append(f"in-distribution (cot), GRPO minus start: {interval(ind, signed=True)} points")
     return lines
 
 
@@ -232,7 +235,8 @@ def plot(summary: dict, path: Path) -> Path:
     return path
 
 
-def _shown(stat: dict) -> bool:
+def above_zero(stat: dict) -> bool:
+    """Whether a mean_ci() result's 95% interval lies above 0."""
     return stat["ci95"] is not None and stat["ci95"][0] > 0
 
 
@@ -246,14 +250,13 @@ def findings(summary: dict) -> list[str]:
     over_start, over_sft = head["grpo_minus_start_points"], head["grpo_minus_sft_answers_points"]
     return [
         f"GRPO above its start on the {split} split (R1-V's headline): "
-        f"{'shown' if _shown(over_start) else 'not shown'}, {_interval(over_start, signed=True)} points.",
+        f"{'shown' if above_zero(over_start) else 'not shown'}, {interval(over_start, signed=True)} points.",
         f"GRPO above SFT on the same rows there (R1-V's RL-vs-SFT finding): "
-        f"{'shown' if _shown(over_sft) else 'not shown'}, {_interval(over_sft, signed=True)} points.",
+        f"{'shown' if above_zero(over_sft) else 'not shown'}, {interval(over_sft, signed=True)} points.",
     ]
 
 
 def write_report(summary: dict, layout: Layout, echo=print) -> None:
-    summary["findings"] = findings(summary)
     text = table(summary) + "\n\n" + "\n".join(headline_lines(summary) + [""] + summary["findings"])
     layout.summary_json.write_text(json.dumps(summary, indent=2) + "\n")
     layout.summary_txt.write_text(text + "\n")

@@ -149,11 +149,7 @@ class Scenes:
     def eval_ood(self) -> Path:  # R1-V eval format, SuperCLEVR-like
         return self.root / "eval_ood" / "questions.jsonl"
 
-    @property
-    def validation(self) -> Path:  # R1-V eval format, the design runs' OOD split
-        return self.root / "validation" / "questions.jsonl"
-
-    def ood(self, split: str) -> Path:
+    def ood(self, split: str) -> Path:  # R1-V eval format: OOD_SPLITS' validation or heldout
         return self.root / OOD_SPLITS[split] / "questions.jsonl"
 
 

@@ -39,10 +39,9 @@ ARMS = ("study", "verbal")
 # A bare question ("... Answer: ", R1-V's direct prompt) gets a bare tagged answer, as an
 # Instruct model answers a bare question without explaining itself.
 ANSWER_ONLY = "<answer>{n}</answer>"
-# The thinking of the non-counting Instruct rows: one short sentence, as for counting. It must not
-# begin as the CoT teacher's traces do ("<think>I see ..."): with "I look at the objects." the CoT-SFT
-# control slid from "<think>I" into this row's answer ("yes") on counting questions, in
-# distribution too (docs/demo.md, "Design choices").
+# The thinking of the non-counting Instruct rows: one short sentence, as for counting. Its first
+# word differs from the CoT teacher's traces' ("<think>I see ..."): a shared first word lets a start
+# fine-tuned on the traces slide into this row's answer ("yes") on counting questions.
 INSTRUCT_THINK = "<think>Looking at the objects.</think><answer>{answer}</answer>"
 
 CONTROL_KINDS = ("answers", "cot")

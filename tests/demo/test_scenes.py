@@ -43,10 +43,10 @@ def test_each_run_draws_only_the_ood_split_it_scores(tmp_path):
     cfg = SceneConfig(instruct=4, warmup=4, dev=2, train=4, eval_id=2, eval_ood=3, validation=5)
     scenes = write_training_scenes(tmp_path / "h", cfg)
     assert scenes.instruct.is_file() and scenes.warmup.is_file() and scenes.dev.is_file()
-    assert not scenes.eval_ood.parent.exists() and not scenes.validation.parent.exists()
+    assert not scenes.eval_ood.parent.exists() and not scenes.ood("validation").parent.exists()
     assert len(read_jsonl(write_ood_split(tmp_path / "h", cfg))) == 3
     assert {r["question"] for r in read_jsonl(scenes.eval_ood)} == {"How many different items are there in the image?"}
-    assert not scenes.validation.parent.exists()
+    assert not scenes.ood("validation").parent.exists()
 
     design = SceneConfig(**{**cfg.__dict__, "ood_split": "validation"})
     scenes = write_training_scenes(tmp_path / "v", design)
